@@ -1,0 +1,1 @@
+"""See prokshy/__init__.py for the layer map."""

@@ -1,0 +1,1 @@
+"""prokshy's trial test suite."""
