@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_streams -*-
+"""
+The stream table of one session: opening, accepting and refusing streams,
+and routing frames to them.
+
+Stream ids are partitioned by side: the host opens odd ids (1, 3, ...), the
+guest even ids (2, 4, ...); 0 is the session itself.  An OPEN carries JSON
+C{{"kind": ..., "window": N, ...arguments}}; the answer is ACCEPT
+C{{"window": N}} or REFUSE C{{"code": ..., "message": ...}}.  When the session
+ends, every stream ends with L{SessionEnded} and every pending open fails.
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from prokshy.link.session import NotConnected, SessionEnded
+from prokshy.streams.stream import (
+    Stream,
+    StreamRefused,
+    StreamReset,
+    decodeJSON,
+    encodeJSON,
+)
+from prokshy.wire import frames
+
+DEFAULT_WINDOW = 256 * 1024
+
+
+class Mux:
+    """
+    Streams over one L{prokshy.link.session.Link}; the link's listener.
+
+    @param role: C{"host"} or C{"guest"}.
+    @param openHandler: C{openHandler(stream) -> protocol}, called for a
+        stream the peer opens; raise L{StreamRefused} to refuse it.  None
+        refuses every open.
+    @param window: the receive window granted to each stream.
+    @param maxStreams: streams open at once, beyond which opens are refused.
+    """
+
+    log = Logger()
+
+    def __init__(self, role, openHandler=None, window=DEFAULT_WINDOW, maxStreams=1024):
+        self.role = role
+        self.openHandler = openHandler
+        self.window = window
+        self.maxStreams = maxStreams
+        self.link = None
+        self.info = None
+        self.streams = {}
+        self._pending = {}
+        self._nextId = 1 if role == "host" else 2
+        self._blocked = {}
+        self._upObservers = []
+        self._downObservers = []
+
+    # -- observers --------------------------------------------------------
+
+    def whenUp(self, callback):
+        """
+        Call C{callback(info)} on every new session.
+        """
+        self._upObservers.append(callback)
+
+    def whenDown(self, callback):
+        """
+        Call C{callback(reason)} whenever a session ends.
+        """
+        self._downObservers.append(callback)
+
+    @property
+    def connected(self):
+        return self.link is not None and self.link.state == "UP"
+
+    @property
+    def writable(self):
+        return self.link is not None and self.link.writable
+
+    @property
+    def maxPayload(self):
+        return self.link.maxPayload if self.link is not None else 1024
+
+    # -- link listener ----------------------------------------------------
+
+    def linkUp(self, link, info):
+        self.link = link
+        self.info = info
+        self._nextId = 1 if self.role == "host" else 2
+        for cb in list(self._upObservers):
+            cb(info)
+
+    def linkDown(self, link, reason):
+        self.info = None
+        failure = Failure(reason)
+        self._blocked.clear()
+        pending, self._pending = self._pending, {}
+        streams, self.streams = self.streams, {}
+        for stream, d in pending.values():
+            d.errback(failure)
+        for stream in streams.values():
+            stream._end(failure)
+        for cb in list(self._downObservers):
+            cb(reason)
+
+    def linkWritable(self):
+        """
+        The link has room: let blocked streams send, round-robin.
+        """
+        while self._blocked and self.writable:
+            stream = next(iter(self._blocked))
+            del self._blocked[stream]
+            stream._flush()
+
+    def frameReceived(self, frame):
+        sid = frame.stream
+        ftype = frame.type
+        if ftype == frames.OPEN:
+            self._remoteOpen(frame)
+            return
+        if ftype in (frames.ACCEPT, frames.REFUSE) and sid in self._pending:
+            self._openAnswered(frame)
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            if ftype not in (frames.RESET, frames.CLOSE, frames.WINDOW, frames.EOF):
+                self._sendFrame(
+                    frames.RESET, sid, encodeJSON({"code": "unknown-stream", "message": ""})
+                )
+            return
+        if ftype == frames.RESET:
+            stream._reset(frame.payload)
+        else:
+            stream._incoming(frame)
+
+    # -- opening ----------------------------------------------------------
+
+    def openStream(self, kind, args, protocol):
+        """
+        Open a stream to the peer.
+
+        @param kind: the stream kind.
+        @param args: a JSON-able dict of arguments.
+        @param protocol: a L{twisted.internet.protocol.Protocol} bound to the
+            stream once it is accepted.
+        @return: a Deferred firing with the L{Stream}, or failing with
+            L{StreamRefused} or L{SessionEnded}.
+        """
+        if not self.connected:
+            raise NotConnected("no session")
+        sid = self._nextId
+        self._nextId += 2
+        stream = Stream(self, sid, kind, args, self.window)
+        stream.protocol = protocol
+        d = Deferred()
+        self._pending[sid] = (stream, d)
+        body = dict(args)
+        body["kind"] = kind
+        body["window"] = self.window
+        self._sendFrame(frames.OPEN, sid, encodeJSON(body))
+        return d
+
+    def _openAnswered(self, frame):
+        stream, d = self._pending.pop(frame.stream)
+        try:
+            obj = decodeJSON(frame.payload)
+        except ValueError:
+            obj = {}
+        if frame.type == frames.REFUSE:
+            d.errback(
+                StreamRefused(str(obj.get("code", "refused")), str(obj.get("message", "")))
+            )
+            return
+        self.streams[stream.id] = stream
+        stream._granted(_window(obj))
+        stream.protocol.makeConnection(stream)
+        d.callback(stream)
+
+    def _remoteOpen(self, frame):
+        sid = frame.stream
+        if sid % 2 == (1 if self.role == "host" else 0) or sid == 0:
+            self._refuse(sid, "bad-id", "stream id of the wrong parity")
+            return
+        if sid in self.streams:
+            self._refuse(sid, "bad-id", "stream id in use")
+            return
+        try:
+            args = decodeJSON(frame.payload)
+        except ValueError:
+            self._refuse(sid, "bad-open", "OPEN payload is not a JSON object")
+            return
+        kind = args.pop("kind", None)
+        window = _window(args)
+        args.pop("window", None)
+        if not isinstance(kind, str):
+            self._refuse(sid, "bad-open", "OPEN without a kind")
+            return
+        if len(self.streams) >= self.maxStreams:
+            self._refuse(sid, "too-many-streams", "%d streams open" % (len(self.streams),))
+            return
+        stream = Stream(self, sid, kind, args, self.window)
+        if self.openHandler is None:
+            self._refuse(sid, "unsupported", "this side opens no streams")
+            return
+        try:
+            protocol = self.openHandler(stream)
+        except StreamRefused as e:
+            self._refuse(sid, e.code, e.message)
+            return
+        except Exception:
+            self.log.failure("open handler failed for {kind}", kind=kind)
+            self._refuse(sid, "internal-error", "the open handler failed")
+            return
+        stream.protocol = protocol
+        self.streams[sid] = stream
+        self._sendFrame(frames.ACCEPT, sid, encodeJSON({"window": self.window}))
+        stream._granted(window)
+        protocol.makeConnection(stream)
+
+    def _refuse(self, sid, code, message):
+        self._sendFrame(frames.REFUSE, sid, encodeJSON({"code": code, "message": message}))
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _sendFrame(self, ftype, sid, payload):
+        if self.connected:
+            self.link.send(ftype, sid, payload)
+
+    def _forget(self, stream):
+        self._blocked.pop(stream, None)
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+
+    def resetAll(self, reason):
+        """
+        End every stream with C{reason} (an exception).
+        """
+        self.linkDown(self.link, reason)
+
+
+def _window(obj):
+    w = obj.get("window")
+    if isinstance(w, int) and not isinstance(w, bool) and 0 < w <= 1 << 30:
+        return w
+    return 65536
+
+
+__all__ = ["Mux", "StreamRefused", "StreamReset", "SessionEnded", "DEFAULT_WINDOW"]
