@@ -1,0 +1,159 @@
+"""
+The C{prokshy} command: run a guest command through the VM's console socket.
+
+Exit codes:
+
+  - C{0}: the exchange ended (after C{--timeout} seconds of silence, or when
+    the other end closed the connection). As in the original tool this says
+    nothing about the remote command, whose exit status is not sent.
+  - C{1}: the socket could not be connected to, or the output could not be
+    written. A one-line message goes to stderr.
+  - C{2}: usage error.
+  - C{130}: interrupted (the reactor was stopped by a signal).
+"""
+
+import errno
+import os
+import sys
+
+from twisted.internet import error, task
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint
+
+from prokshy.cli.legacy import OutputError, runLegacy
+from prokshy.cli.options import parseArgs
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _describeConnectError(exc):
+    """
+    A short reason for a connection failure, like C{No such file or
+    directory}.
+    """
+    code = getattr(exc, "osError", None)
+    if isinstance(code, int) and code:
+        return os.strerror(code)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = exc.args[0] if exc.args and exc.args[0] else None
+    return str(text) if text else str(exc)
+
+
+def _report(message, stderr=None):
+    """
+    Write C{prokshy: message} to stderr.
+    """
+    stderr = sys.stderr if stderr is None else stderr
+    stderr.write(f"prokshy: {message}\n")
+    stderr.flush()
+
+
+def exitCodeForFailure(failure, socketPath, stderr=None):
+    """
+    Turn an expected failure of the exchange into an exit code, reporting it
+    on stderr in one line. Unexpected failures are returned unchanged.
+    """
+    if failure.check(error.ConnectError, OSError):
+        reason = _describeConnectError(failure.value)
+        _report(f"cannot connect to {socketPath}: {reason}", stderr)
+        return EXIT_FAILURE
+    if failure.check(OutputError):
+        e = failure.value.error
+        if e.errno != errno.EPIPE:
+            _report(f"cannot write output: {e.strerror or e}", stderr)
+        return EXIT_FAILURE
+    return failure
+
+
+def run(reactor, options, output=None):
+    """
+    Run the legacy exchange described by C{options}.
+
+    @param options: the result of L{parseArgs}.
+    @param output: a binary file-like object; C{sys.stdout.buffer} by
+        default.
+    @return: a L{Deferred} firing with the exit code.
+    """
+    if output is None:
+        output = sys.stdout.buffer
+    endpoint = UNIXClientEndpoint(reactor, options.socket_path)
+    d = runLegacy(
+        reactor,
+        endpoint,
+        options.command.encode("ascii"),
+        options.data,
+        output,
+        options.timeout,
+    )
+    if output is sys.stdout.buffer:
+        d.addErrback(_stdoutBroken)
+    d.addErrback(exitCodeForFailure, options.socket_path)
+    return d
+
+
+def _stdoutBroken(failure):
+    """
+    After a broken pipe on stdout, point stdout at C{/dev/null} so that the
+    interpreter's final flush does not complain; pass the failure on.
+    """
+    if failure.check(OutputError) and failure.value.error.errno == errno.EPIPE:
+        _silenceStdout()
+    return failure
+
+
+def _main(reactor, options):
+    """
+    L{task.react}'s main function: run, and turn the exit code into the
+    L{SystemExit} that L{task.react} exits with.
+    """
+    result = Deferred()
+
+    def interrupted():
+        # The reactor is stopping before the exchange ended: a signal.
+        if not result.called:
+            result.errback(SystemExit(EXIT_INTERRUPTED))
+
+    reactor.addSystemEventTrigger("before", "shutdown", interrupted)
+
+    def finished(code):
+        if not result.called:
+            result.errback(SystemExit(code))
+
+    def failed(failure):
+        if not result.called:
+            result.errback(failure)
+
+    run(reactor, options).addCallbacks(finished, failed)
+    return result
+
+
+def _silenceStdout():
+    """
+    Point the stdout file descriptor at C{/dev/null}.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def main(argv=None):
+    """
+    The C{prokshy} console script.
+
+    @param argv: the arguments without the program name; L{None} for
+        C{sys.argv[1:]}.
+    @raise SystemExit: always, with the exit code.
+    """
+    options = parseArgs(argv)
+    task.react(_main, (options,))
+
+
+if __name__ == "__main__":
+    main()

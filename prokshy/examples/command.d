@@ -1,0 +1,1 @@
+../../etc/prokshy/command.d
