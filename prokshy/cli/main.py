@@ -3,9 +3,15 @@ The C{prokshy} command: run a guest command through the VM's console socket.
 
 Exit codes:
 
-  - C{0}: the exchange ended (after C{--timeout} seconds of silence, or when
-    the other end closed the connection). As in the original tool this says
-    nothing about the remote command, whose exit status is not sent.
+  - framed protocol: the remote command's exit status, or 128+N when
+    signal N ended it; 124 when the guest's timeout killed it; 126 when the
+    guest refused it (bad name, not executable, insecure); 127 when there
+    is no such command; 255 on a transport failure (the session ended, the
+    VM is unavailable, no session could be started).
+  - line protocol (the original agent): C{0} when the exchange ended (after
+    C{--timeout} seconds of silence, or when the other end closed the
+    connection). As in the original tool this says nothing about the remote
+    command, whose exit status is not sent.
   - C{1}: the socket could not be connected to, or the output could not be
     written. A one-line message goes to stderr.
   - C{2}: usage error.
@@ -17,9 +23,11 @@ import os
 import sys
 
 from twisted.internet import error, task
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import UNIXClientEndpoint, clientFromString
+from twisted.internet.protocol import Factory
 
+from prokshy.cli.framed import AutoChannel, CLIError, FramedRun
 from prokshy.cli.legacy import OutputError, runLegacy
 from prokshy.cli.options import parseArgs
 
@@ -69,17 +77,75 @@ def exitCodeForFailure(failure, socketPath, stderr=None):
     return failure
 
 
-def run(reactor, options, output=None):
+def _target(options):
+    return options.socket_path if options.socket_path is not None else options.connect
+
+
+def _endpoint(reactor, options):
+    if options.socket_path is not None:
+        return UNIXClientEndpoint(reactor, options.socket_path)
+    try:
+        return clientFromString(reactor, options.connect)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CLIError(f"bad --connect endpoint {options.connect!r}: {e}", EXIT_USAGE)
+
+
+def run(reactor, options, output=None, errors=None, current=None):
     """
-    Run the legacy exchange described by C{options}.
+    Run what C{options} describe.
 
     @param options: the result of L{parseArgs}.
     @param output: a binary file-like object; C{sys.stdout.buffer} by
         default.
+    @param errors: a binary file-like object; C{sys.stderr.buffer} by
+        default.
+    @param current: a list that receives the L{FramedRun}, for interrupts.
     @return: a L{Deferred} firing with the exit code.
     """
     if output is None:
         output = sys.stdout.buffer
+    if errors is None:
+        errors = sys.stderr.buffer
+    if options.protocol == "legacy":
+        d = _runLegacy(reactor, options, output)
+    else:
+        d = ensureDeferred(_runFramed(reactor, options, output, errors, current))
+    if output is sys.stdout.buffer:
+        d.addErrback(_stdoutBroken)
+    d.addErrback(exitCodeForFailure, _target(options))
+    return d
+
+
+async def _runFramed(reactor, options, output, errors, current):
+    try:
+        endpoint = _endpoint(reactor, options)
+    except CLIError as e:
+        _report(e.message)
+        return e.code
+    channel = AutoChannel(reactor, options, output)
+    await endpoint.connect(Factory.forProtocol(lambda: channel))
+    try:
+        mode, proto = await channel.decided
+    except CLIError as e:
+        _report(e.message)
+        return e.code
+    if mode == "legacy":
+        return await proto.done
+    framed = FramedRun(reactor, proto, options, output, errors)
+    if current is not None:
+        current.append(framed)
+    try:
+        code = await framed.run()
+    except CLIError as e:
+        _report(e.message)
+        code = e.code
+    if proto.link is not None:
+        proto.link.goodbye("done")
+    await channel.close()
+    return code
+
+
+def _runLegacy(reactor, options, output):
     endpoint = UNIXClientEndpoint(reactor, options.socket_path)
     d = runLegacy(
         reactor,
@@ -89,9 +155,6 @@ def run(reactor, options, output=None):
         output,
         options.timeout,
     )
-    if output is sys.stdout.buffer:
-        d.addErrback(_stdoutBroken)
-    d.addErrback(exitCodeForFailure, options.socket_path)
     return d
 
 
@@ -111,10 +174,13 @@ def _main(reactor, options):
     L{SystemExit} that L{task.react} exits with.
     """
     result = Deferred()
+    current = []
 
     def interrupted():
         # The reactor is stopping before the exchange ended: a signal.
         if not result.called:
+            for framed in current:
+                framed.interrupt()
             result.errback(SystemExit(EXIT_INTERRUPTED))
 
     reactor.addSystemEventTrigger("before", "shutdown", interrupted)
@@ -127,7 +193,7 @@ def _main(reactor, options):
         if not result.called:
             result.errback(failure)
 
-    run(reactor, options).addCallbacks(finished, failed)
+    run(reactor, options, current=current).addCallbacks(finished, failed)
     return result
 
 

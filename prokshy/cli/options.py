@@ -79,8 +79,16 @@ def buildParser():
     parser = argparse.ArgumentParser(
         prog="prokshy",
         description=(
-            "Run a command of a bhyve/QEMU guest's prokshy agent through "
-            "the VM's virtio-console unix socket and print its output."
+            "Run a command of a bhyve/QEMU guest's prokshy agent, through the "
+            "VM's virtio-console unix socket or a prokshy-host daemon, and "
+            "print its output. Exits with the command's exit status."
+        ),
+        epilog=(
+            "exit codes: the remote command's status (128+N for signal N); "
+            "1 cannot connect; 2 usage error; 124 the guest's timeout killed "
+            "the command; 126 command refused (bad name, not executable, "
+            "insecure); 127 no such command; 130 interrupted; 255 transport "
+            "failure (session lost, VM unavailable, no session)."
         ),
     )
     parser.add_argument(
@@ -94,45 +102,105 @@ def buildParser():
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help=(
-            "stop after this many seconds without output "
-            f"(default: {DEFAULT_TIMEOUT:g})"
+            "line protocol only: stop after this many seconds without output "
+            f"(default: {DEFAULT_TIMEOUT:g}). The framed protocol knows when "
+            "the output ends; see --exec-timeout"
         ),
     )
     parser.add_argument(
         "--command",
-        required=True,
         type=commandName,
         metavar="NAME",
         help="the command to run (a file in the guest's command.d)",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--from-string",
         metavar="STRING",
-        help="the command's input (only the first line is sent)",
+        help="the command's input (the line protocol sends only its first line)",
     )
     source.add_argument(
         "--from-file",
         metavar="FILE",
-        help="read the command's input from FILE (only the first line is sent)",
+        help="read the command's input from FILE (the line protocol sends only its first line)",
+    )
+    source.add_argument(
+        "--stdin",
+        action="store_true",
+        help="stream this program's stdin to the command (framed protocol)",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--socket-path",
+        metavar="PATH",
+        help="a unix socket: a VM's virtio-console socket or a prokshy-host daemon's (auto-detected)",
+    )
+    target.add_argument(
+        "--connect",
+        metavar="ENDPOINT",
+        help="a prokshy-host daemon, as a client endpoint string "
+        "(tcp:host=127.0.0.1:port=7000, unix:path=..., ssl:...)",
     )
     parser.add_argument(
-        "--socket-path",
-        required=True,
-        metavar="PATH",
-        help="the VM's virtio-console unix socket",
+        "--vm",
+        action="append",
+        metavar="NAME",
+        help="with a daemon: run on this VM (repeatable; default: the daemon's first VM)",
+    )
+    parser.add_argument(
+        "--all-vms", action="store_true", help="with a daemon: run on every VM"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one machine-readable JSON result per VM instead of the raw output",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        metavar="FILE",
+        help="the token a daemon's non-loopback listener requires",
+    )
+    parser.add_argument(
+        "--exec-timeout",
+        type=positiveSeconds,
+        metavar="SECONDS",
+        help="framed protocol: the guest kills the command after this long "
+        "(default: the agent's --timeout)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("auto", "framed", "legacy"),
+        default="auto",
+        help="auto (default): framed, falling back to the line protocol of the "
+        "original agent if no framed hello answers; framed; legacy",
+    )
+    parser.add_argument(
+        "--fallback-after",
+        type=positiveSeconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="auto: how long to wait for a framed hello answer (default: 1)",
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="show the daemon's VMs (or, on a VM socket, the agent's info) and exit",
+    )
+    parser.add_argument(
+        "--info",
+        action="store_true",
+        help="show the agent's version, features, OS and uptime and exit",
     )
     return parser
 
 
-def _readFirstLine(parser, path):
+def _readAll(parser, path):
     """
-    Read the first line of the file at C{path}; an unreadable file is a
-    usage error.
+    Read the file at C{path}; an unreadable file is a usage error.
     """
     try:
         with open(path, "rb") as f:
-            return firstLine(f.readline())
+            return f.read()
     except OSError as e:
         parser.error(f"cannot read {path}: {e.strerror or e}")
 
@@ -150,10 +218,37 @@ def parseArgs(argv=None):
     """
     parser = buildParser()
     options = parser.parse_args(argv)
+    if options.socket_path is None and options.connect is None:
+        parser.error("one of the arguments --socket-path --connect is required")
+    if options.connect is not None and options.protocol == "legacy":
+        parser.error("--connect talks to a daemon, which needs the framed protocol")
+    query = options.status or options.info
+    if not query:
+        if options.command is None:
+            parser.error("the following arguments are required: --command")
+        if options.from_file is None and options.from_string is None and not options.stdin:
+            parser.error(
+                "one of the arguments --from-string --from-file --stdin is required"
+            )
+    if options.stdin and options.protocol == "legacy":
+        parser.error("--stdin needs the framed protocol")
+    if options.all_vms and options.vm:
+        parser.error("use --vm or --all-vms, not both")
+    options.fullData = b""
+    options.data = b""
     if options.from_file is not None:
-        options.data = _readFirstLine(parser, options.from_file)
-    else:
-        options.data = firstLine(os.fsencode(options.from_string))
+        options.fullData = _readAll(parser, options.from_file)
+        options.data = firstLine(options.fullData)
+    elif options.from_string is not None:
+        options.fullData = os.fsencode(options.from_string)
+        options.data = firstLine(options.fullData)
+    options.token = None
+    if options.auth_token_file is not None:
+        try:
+            with open(options.auth_token_file) as f:
+                options.token = f.read().strip()
+        except OSError as e:
+            parser.error(f"cannot read {options.auth_token_file}: {e.strerror or e}")
     return options
 
 

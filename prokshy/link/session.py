@@ -284,6 +284,9 @@ class Link:
             if self.state == "UP":
                 self._down("refused: " + self.lastError)
             self.stop("refused: " + self.lastError)
+            refused = getattr(self.listener, "linkRefused", None)
+            if refused is not None:
+                refused(self, self.lastError)
             return
         if self.state == "UP":
             if hello["nonce"] == self.info.peerNonce:

@@ -54,6 +54,7 @@ class Mux:
         self._blocked = {}
         self._upObservers = []
         self._downObservers = []
+        self._refusedObservers = []
 
     # -- observers --------------------------------------------------------
 
@@ -62,6 +63,16 @@ class Mux:
         Call C{callback(info)} on every new session.
         """
         self._upObservers.append(callback)
+
+    def whenRefused(self, callback):
+        """
+        Call C{callback(reason)} if the peer refuses the session.
+        """
+        self._refusedObservers.append(callback)
+
+    def linkRefused(self, link, reason):
+        for cb in list(self._refusedObservers):
+            cb(reason)
 
     def whenDown(self, callback):
         """
@@ -115,6 +126,8 @@ class Mux:
     def frameReceived(self, frame):
         sid = frame.stream
         ftype = frame.type
+        if sid == 0:
+            return  # no sequenced session-level types in version 1
         if ftype == frames.OPEN:
             self._remoteOpen(frame)
             return
@@ -130,6 +143,9 @@ class Mux:
             return
         if ftype == frames.RESET:
             stream._reset(frame.payload)
+        elif stream.protocol is None:
+            # Not accepted yet: only a RESET is meaningful.
+            return
         else:
             stream._incoming(frame)
 
@@ -202,20 +218,44 @@ class Mux:
         if self.openHandler is None:
             self._refuse(sid, "unsupported", "this side opens no streams")
             return
+        self.streams[sid] = stream
         try:
-            protocol = self.openHandler(stream)
-        except StreamRefused as e:
-            self._refuse(sid, e.code, e.message)
-            return
+            result = self.openHandler(stream)
         except Exception:
-            self.log.failure("open handler failed for {kind}", kind=kind)
-            self._refuse(sid, "internal-error", "the open handler failed")
+            self._openFailed(Failure(), stream)
+            return
+        if isinstance(result, Deferred):
+            # Accepted later (a relay waits for the far side); the id stays
+            # reserved meanwhile.
+            stream._acceptPending = result
+            result.addCallbacks(self._accept, self._openFailed, (stream, window), None, (stream,))
+        else:
+            self._accept(result, stream, window)
+
+    def _accept(self, protocol, stream, window):
+        stream._acceptPending = None
+        if self.streams.get(stream.id) is not stream:
+            # The session ended, or the peer reset the stream, meanwhile.
+            close = getattr(protocol, "connectionLost", None)
+            if close is not None:
+                close(Failure(StreamReset("reset", "the stream ended before it was accepted")))
             return
         stream.protocol = protocol
-        self.streams[sid] = stream
-        self._sendFrame(frames.ACCEPT, sid, encodeJSON({"window": self.window}))
+        self._sendFrame(frames.ACCEPT, stream.id, encodeJSON({"window": self.window}))
         stream._granted(window)
         protocol.makeConnection(stream)
+
+    def _openFailed(self, failure, stream):
+        stream._acceptPending = None
+        if self.streams.get(stream.id) is not stream:
+            return None
+        del self.streams[stream.id]
+        if failure.check(StreamRefused):
+            self._refuse(stream.id, failure.value.code, failure.value.message)
+        else:
+            self.log.failure("open handler failed for {kind}", failure, kind=stream.kind)
+            self._refuse(stream.id, "internal-error", "the open handler failed")
+        return None
 
     def _refuse(self, sid, code, message):
         self._sendFrame(frames.REFUSE, sid, encodeJSON({"code": code, "message": message}))

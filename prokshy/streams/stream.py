@@ -112,6 +112,7 @@ class Stream:
         self.kind = kind
         self.args = args
         self.protocol = None
+        self._acceptPending = None
         self.disconnecting = False
         self.bytesIn = 0
         self.bytesOut = 0
@@ -382,6 +383,9 @@ class Stream:
         self._out.clear()
         self._inbuf.clear()
         self.mux._forget(self)
+        pending, self._acceptPending = self._acceptPending, None
+        if pending is not None:
+            pending.cancel()
         producer, self._producer = self._producer, None
         if producer is not None and not reason.check(ConnectionDone):
             try:

@@ -1,0 +1,324 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The host-side client API over any connected channel: a VM's console socket,
+a pty, or (later) a prokshy-host daemon.
+
+    d = connectSession(reactor, UNIXClientEndpoint(reactor, "/vm/prokshy.sock"))
+    session = yield d
+    result = yield session.exec("sysinfo", stdin=b"", timeout=30)
+    print(result.exitStatus, result.stdout)
+
+L{Session.exec} collects the whole output; L{Session.execStream} streams it
+to callbacks and gives a handle to stream stdin, signal and cancel.
+"""
+
+import attr
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from prokshy.link.session import Link, LinkConfig, SessionEnded
+from prokshy.streams.mux import Mux
+from prokshy.streams.stream import StreamError, decodeJSON
+from prokshy.wire import frames
+
+#: The host's receive window and payload size: the host side of the
+#: channel is a socket with backpressure.
+HOST_WINDOW = 256 * 1024
+HOST_PAYLOAD = 16 * 1024
+
+
+class SessionRefused(Exception):
+    """
+    The peer refused the session (e.g. a daemon wanting a token).
+    """
+
+
+class ExecFailed(Exception):
+    """
+    The exec stream ended without an exit status.
+    """
+
+
+@attr.s(frozen=True)
+class ExecResult:
+    """
+    How a remote command ended.
+
+    @ivar code: its exit code, or None if a signal ended it.
+    @ivar signal: the signal number, or None.
+    @ivar timedOut: the guest's timeout for it expired.
+    @ivar truncated: the guest's output cap was reached.
+    @ivar stdout: collected stdout (L{Session.exec} only).
+    @ivar stderr: collected stderr (L{Session.exec} only).
+    """
+
+    code = attr.ib()
+    signal = attr.ib()
+    timedOut = attr.ib(default=False)
+    truncated = attr.ib(default=False)
+    stdout = attr.ib(default=b"", repr=False)
+    stderr = attr.ib(default=b"", repr=False)
+
+    @property
+    def exitStatus(self):
+        """
+        A shell-style status: the code, or 128+N for signal N.
+        """
+        if self.code is not None:
+            return self.code
+        if self.signal is not None:
+            return 128 + self.signal
+        return 255
+
+    @classmethod
+    def fromExit(cls, obj, stdout=b"", stderr=b""):
+        code = obj.get("code")
+        sig = obj.get("signal")
+        return cls(
+            code=code if isinstance(code, int) else None,
+            signal=sig if isinstance(sig, int) else None,
+            timedOut=bool(obj.get("timed_out")),
+            truncated=bool(obj.get("truncated")),
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+
+class _ExecClient(Protocol):
+    def __init__(self, onStdout, onStderr):
+        self.onStdout = onStdout
+        self.onStderr = onStderr
+        self.exit = None
+        self.result = Deferred()
+
+    def dataReceived(self, data):
+        self.onStdout(data)
+
+    def stderrReceived(self, data):
+        self.onStderr(data)
+
+    def exitReceived(self, obj):
+        self.exit = obj
+
+    def connectionLost(self, reason):
+        if self.exit is not None:
+            self.result.callback(ExecResult.fromExit(self.exit))
+        elif reason.check(ConnectionDone):
+            self.result.errback(ExecFailed("the stream closed without an exit status"))
+        else:
+            self.result.errback(reason)
+
+
+class RunningExec:
+    """
+    A command running remotely (L{Session.execStream}).
+
+    @ivar result: a Deferred firing with an L{ExecResult} (without output),
+        or failing with L{StreamError}, L{SessionEnded} or L{ExecFailed}.
+    @ivar stream: the stream; write stdin to it, or register a producer.
+    """
+
+    def __init__(self, stream, client):
+        self.stream = stream
+        self.result = client.result
+
+    def write(self, data):
+        """
+        Send stdin data.
+        """
+        self.stream.write(data)
+
+    def closeStdin(self):
+        self.stream.writeEof()
+
+    def registerProducer(self, producer, streaming=True):
+        """
+        Stream stdin from C{producer}, paused while the guest has no room.
+        """
+        self.stream.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self.stream.unregisterProducer()
+
+    def signal(self, sig):
+        """
+        Send a signal (a name like C{"TERM"} or a number) to the command's
+        process group.
+        """
+        self.stream.sendControl(frames.SIGNAL, {"signal": sig})
+
+    def cancel(self):
+        """
+        Abort the stream; the guest kills the command.
+        """
+        self.stream.abort("cancelled", "cancelled by the client")
+
+
+class Session:
+    """
+    Runs commands over one session.
+
+    @ivar mux: the host-side L{Mux}.
+    """
+
+    def __init__(self, mux):
+        self.mux = mux
+
+    @property
+    def connected(self):
+        return self.mux.connected
+
+    def execStream(self, name, onStdout, onStderr, timeout=None, vm=None):
+        """
+        Start C{name}, streaming its output to the callbacks.
+
+        @return: a Deferred firing with a L{RunningExec} once the guest has
+            accepted, or failing with L{prokshy.streams.stream.StreamRefused}.
+        """
+        args = {"name": name}
+        if timeout is not None:
+            args["timeout"] = timeout
+        if vm is not None:
+            args["vm"] = vm
+        client = _ExecClient(onStdout, onStderr)
+        d = self.mux.openStream("exec", args, client)
+        d.addCallback(lambda stream: RunningExec(stream, client))
+        return d
+
+    @inlineCallbacks
+    def exec(self, name, stdin=b"", timeout=None, vm=None):
+        """
+        Run C{name} with C{stdin}, collecting its output.
+
+        @param vm: with a prokshy-host daemon, the VM to run on.
+        @return: a Deferred firing with an L{ExecResult}.
+        """
+        out, err = [], []
+        running = yield self.execStream(name, out.append, err.append, timeout=timeout, vm=vm)
+        if stdin:
+            running.write(stdin)
+        running.closeStdin()
+        result = yield running.result
+        return attr.evolve(result, stdout=b"".join(out), stderr=b"".join(err))
+
+    def info(self, vm=None):
+        """
+        The agent's version, features, OS and uptime.
+
+        @param vm: with a prokshy-host daemon, the VM to ask.
+        @return: a Deferred firing with a dict.
+        """
+        return self._document("info", {} if vm is None else {"vm": vm})
+
+    def status(self):
+        """
+        A prokshy-host daemon's status: every VM's state and counters.
+
+        @return: a Deferred firing with a dict.
+        """
+        return self._document("status", {})
+
+    @inlineCallbacks
+    def _document(self, kind, args):
+        chunks = []
+        done = Deferred()
+
+        class _Info(Protocol):
+            def dataReceived(self, data):
+                chunks.append(data)
+
+            def connectionLost(self, reason):
+                done.callback(None) if reason.check(ConnectionDone) else done.errback(reason)
+
+        yield self.mux.openStream(kind, args, _Info())
+        yield done
+        return decodeJSON(b"".join(chunks))
+
+
+class HostProtocol(Protocol):
+    """
+    The host end of one channel: a host L{Link} and L{Mux}.
+
+    @ivar session: the L{Session}.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, config=None):
+        self.clock = clock
+        self.config = config or LinkConfig(window=HOST_WINDOW, maxPayload=HOST_PAYLOAD)
+        self.mux = Mux("host")
+        self.session = Session(self.mux)
+        self.link = None
+        self._waiting = []
+        self._lost = []
+        self.mux.whenUp(self._up)
+        self.mux.whenRefused(self._refused)
+
+    def connectionMade(self):
+        self.link = Link(self.clock, self.transport.write, "host", self.mux, self.config)
+        self.link.start()
+
+    def dataReceived(self, data):
+        self.link.dataReceived(data)
+
+    def connectionLost(self, reason):
+        if self.link is not None:
+            self.link.stop("channel closed: %s" % (reason.getErrorMessage(),))
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(SessionEnded("channel closed before a session started"))
+        for cb in self._lost:
+            cb(reason)
+
+    def _up(self, info):
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(self.session)
+
+    def _refused(self, reason):
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(SessionRefused(reason))
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def whenSession(self):
+        """
+        @return: a Deferred firing with the L{Session} once one is up.
+        """
+        if self.mux.connected:
+            d = Deferred()
+            d.callback(self.session)
+            return d
+        d = Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        return d
+
+    def whenLost(self, callback):
+        self._lost.append(callback)
+
+
+def connectSession(reactor, endpoint, config=None):
+    """
+    Connect to a channel and wait for a session.
+
+    @return: a Deferred firing with a L{Session}.
+    """
+    d = endpoint.connect(Factory.forProtocol(lambda: HostProtocol(reactor, config)))
+    d.addCallback(lambda proto: proto.whenSession())
+    return d
+
+
+__all__ = [
+    "ExecFailed",
+    "ExecResult",
+    "HostProtocol",
+    "RunningExec",
+    "Session",
+    "SessionRefused",
+    "StreamError",
+    "connectSession",
+]

@@ -1,0 +1,96 @@
+# -*- test-case-name: tests.test_host_policy -*-
+"""
+What each listener of the host daemon allows, decided from its endpoint
+string before anything listens.
+
+    listener                         legacy protocol   token required
+    -------------------------------  ----------------  ----------------------
+    unix:PATH                        yes               no (file mode guards it)
+    tcp/ssl on a loopback interface  yes               no
+    tcp/ssl on any other interface   no                yes: refuses to start
+                                                       without --auth-token-file
+
+Unix sockets get C{mode=600} and C{lockfile=1} unless the string says
+otherwise: only the owner may connect, and a stale socket left by a crashed
+daemon is replaced at start.
+"""
+
+import ipaddress
+
+import attr
+
+
+class PolicyError(Exception):
+    """
+    A listener that may not start as configured.
+    """
+
+
+@attr.s(frozen=True)
+class ListenerPolicy:
+    description = attr.ib()
+    local = attr.ib()
+    legacy = attr.ib()
+    requireToken = attr.ib()
+
+
+def _split(description):
+    parts = []
+    cur = []
+    escaped = False
+    for ch in description:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            cur.append(ch)
+            escaped = True
+        elif ch == ":":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _isLoopback(interface):
+    if interface in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(interface.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def listenerPolicy(description, haveToken):
+    """
+    Decide the policy for a server endpoint string, and fill in safe
+    defaults for unix sockets.
+
+    @return: a L{ListenerPolicy} whose C{description} is the string to
+        listen on.
+    @raise PolicyError: for a non-loopback listener without a token.
+    """
+    parts = _split(description)
+    kind = parts[0].lower()
+    keys = {p.split("=", 1)[0] for p in parts[1:] if "=" in p}
+    if kind == "unix":
+        if "mode" not in keys:
+            description += ":mode=600"
+        if "lockfile" not in keys:
+            description += ":lockfile=1"
+        return ListenerPolicy(description, local=True, legacy=True, requireToken=False)
+    interface = None
+    for p in parts[1:]:
+        if p.startswith("interface="):
+            interface = p.split("=", 1)[1].replace("\\:", ":")
+    loopback = kind in ("tcp", "tcp6", "ssl") and interface is not None and _isLoopback(interface)
+    if loopback:
+        return ListenerPolicy(description, local=True, legacy=True, requireToken=False)
+    if not haveToken:
+        raise PolicyError(
+            "listener %r is not loopback: it needs --auth-token-file "
+            "(or use interface=127.0.0.1, or a unix socket)" % (description,)
+        )
+    return ListenerPolicy(description, local=False, legacy=False, requireToken=True)

@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd -n prokshy-guest}: Options and makeService for the guest agent.
+"""
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python import usage
+
+DEFAULT_DEVICES = ("/dev/vtcon/prokshy", "/dev/virtio-ports/prokshy")
+DEFAULT_COMMAND_DIR = "/usr/local/etc/prokshy/command.d"
+
+_log = Logger()
+
+
+def defaultDevice(candidates=DEFAULT_DEVICES, exists=os.path.exists, platform=sys.platform):
+    """
+    The first candidate that exists; otherwise this OS's usual port.
+    """
+    for path in candidates:
+        if exists(path):
+            return path
+    return candidates[1] if platform.startswith("linux") else candidates[0]
+
+
+def _positive(kind, allowZero=False):
+    def convert(value):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise usage.UsageError("%r is not a number" % (value,))
+        if number < 0 or (number == 0 and not allowZero):
+            raise usage.UsageError("%r must be %s" % (value, "0 or more" if allowZero else "positive"))
+        return number
+
+    return convert
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve command.d commands (and, over the framed protocol, exec and info "
+        "streams) on a virtio-console port. The original line protocol works "
+        "unchanged; a host that says a framed hello gets the framed protocol."
+    )
+    optParameters = [
+        ["device", "d", None, "The port device (default: the first that exists of %s)."
+         % (", ".join(DEFAULT_DEVICES),)],
+        ["command-dir", "c", DEFAULT_COMMAND_DIR, "Directory of executable commands."],
+        ["timeout", "t", 60.0, "Seconds a command may run (0: no limit).", _positive(float, True)],
+        ["max-output", None, 16 * 1024 * 1024,
+         "Bytes of output a command may produce before it is killed (0: no limit).",
+         _positive(int, True)],
+        ["max-line", None, 65536, "Longest request line accepted, in bytes.", _positive(int)],
+        ["max-concurrency", None, 8, "Commands run at once (framed protocol).", _positive(int)],
+        ["max-queue", None, 64, "Commands that may wait for a slot before opens are refused.",
+         _positive(int, True)],
+        ["kill-grace", None, 2.0, "Seconds between SIGTERM and SIGKILL.", _positive(float)],
+        ["window", None, 0,
+         "Bytes in flight toward the guest (0: 16384 on a tty, 262144 otherwise).",
+         _positive(int, True)],
+        ["ping-interval", None, 1.0, "Seconds between keepalive pings.", _positive(float)],
+        ["dead-after", None, 8.0, "Seconds of silence after which the host is gone.",
+         _positive(float)],
+    ]
+    compData = usage.Completions(
+        optActions={"device": usage.CompleteFiles(), "command-dir": usage.CompleteDirs()}
+    )
+
+    def postOptions(self):
+        if self["device"] is None:
+            self["device"] = defaultDevice()
+        if self["dead-after"] <= self["ping-interval"]:
+            raise usage.UsageError("--dead-after must be longer than --ping-interval")
+
+
+class _Cleanup(service.Service):
+    """
+    Cancels running commands when the agent stops.
+    """
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self.runner.cancelAll()
+
+
+def makeService(options, reactor=None):
+    """
+    Build the guest agent service.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from prokshy.guest.agent import GuestProtocol
+    from prokshy.guest.execs import GuestStreams
+    from prokshy.guest.runner import CommandDirectory, CommandRunner
+    from prokshy.transport.endpoints import VtconClientEndpoint
+    from prokshy.transport.service import DeviceService
+
+    directory = CommandDirectory(options["command-dir"])
+    if not os.path.isdir(directory.path):
+        _log.warn("command directory {path} does not exist (yet)", path=directory.path)
+    runner = CommandRunner(
+        reactor,
+        directory,
+        timeout=options["timeout"],
+        maxOutput=options["max-output"],
+        killGrace=options["kill-grace"],
+    )
+    streams = GuestStreams(runner, options["max-concurrency"], options["max-queue"])
+
+    def buildProtocol():
+        return GuestProtocol(
+            runner,
+            reactor,
+            streams,
+            maxLine=options["max-line"],
+            window=options["window"],
+            pingInterval=options["ping-interval"],
+            deadAfter=options["dead-after"],
+        )
+
+    top = service.MultiService()
+    _Cleanup(runner).setServiceParent(top)
+    device = DeviceService(
+        reactor, VtconClientEndpoint(reactor, options["device"]), Factory.forProtocol(buildProtocol)
+    )
+    device.setServiceParent(top)
+    _log.info(
+        "prokshy guest agent on {device}, commands from {dir}",
+        device=options["device"],
+        dir=directory.path,
+    )
+    return top

@@ -1,0 +1,123 @@
+# -*- test-case-name: tests.test_host -*-
+"""
+C{twistd prokshy-host}: Options and makeService for the host daemon.
+
+    twistd [-n] prokshy-host --listen ENDPOINT [--listen ENDPOINT ...]
+                             (--vm NAME=SOCKET_PATH [--vm ...] | --socket-path SOCKET_PATH)
+"""
+
+import re
+
+from twisted.python import usage
+
+_VM_NAME = re.compile(r"[a-zA-Z0-9_.-]+\Z")
+
+
+class Options(usage.Options):
+    synopsis = "--listen ENDPOINT [...] (--vm NAME=SOCKET_PATH [...] | --socket-path PATH)"
+    longdesc = (
+        "Hold one persistent connection to each VM's console socket and share "
+        "it among many clients: the prokshy CLI (framed protocol), the original "
+        "CLI and nc (line protocol). --listen takes Twisted endpoint strings "
+        "(tcp:7000:interface=127.0.0.1, unix:/var/run/prokshy.sock:mode=660, "
+        "ssl:...). A listener that is not loopback or unix needs --auth-token-file."
+    )
+    optParameters = [
+        ["socket-path", "s", None, "A single VM's console socket (the VM is named 'default')."],
+        ["auth-token-file", None, None,
+         "File holding the token framed clients must present on non-loopback listeners."],
+        ["legacy-linger", None, 1.5,
+         "Seconds after a legacy command's output ends before the connection is closed.", float],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["listen"] = []
+        self["vms"] = {}
+        self["legacy-vm"] = []
+
+    def opt_listen(self, description):
+        """
+        A server endpoint string to listen on (repeatable).
+        """
+        self["listen"].append(description)
+
+    def opt_vm(self, spec):
+        """
+        NAME=SOCKET_PATH of a VM (repeatable).
+        """
+        name, sep, path = spec.partition("=")
+        if not sep or not path or not _VM_NAME.match(name):
+            raise usage.UsageError("--vm wants NAME=SOCKET_PATH, got %r" % (spec,))
+        if name in self["vms"]:
+            raise usage.UsageError("vm %r given twice" % (name,))
+        self["vms"][name] = path
+
+    def opt_legacy_vm(self, name):
+        """
+        The VM that line-protocol clients of the preceding --listen reach
+        (default: the first VM).
+        """
+        if not self["listen"]:
+            raise usage.UsageError("--legacy-vm must follow the --listen it applies to")
+        self["legacy-vm"].append((self["listen"][-1], name))
+
+    def postOptions(self):
+        if not self["listen"]:
+            raise usage.UsageError("at least one --listen is required")
+        if self["socket-path"] and self["vms"]:
+            raise usage.UsageError("use either --vm or --socket-path, not both")
+        if self["socket-path"]:
+            self["vms"] = {"default": self["socket-path"]}
+        if not self["vms"]:
+            raise usage.UsageError("no VM: give --vm NAME=SOCKET_PATH or --socket-path PATH")
+        for listen, name in self["legacy-vm"]:
+            if name not in self["vms"]:
+                raise usage.UsageError("--legacy-vm %r: no such vm" % (name,))
+        self["token"] = None
+        if self["auth-token-file"]:
+            try:
+                with open(self["auth-token-file"]) as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise usage.UsageError("cannot read %s: %s" % (self["auth-token-file"], e.strerror))
+            if len(token) < 16:
+                raise usage.UsageError("the auth token must be at least 16 characters")
+            self["token"] = token
+        from prokshy.host.policy import PolicyError, listenerPolicy
+
+        self["policies"] = []
+        for description in self["listen"]:
+            try:
+                self["policies"].append(listenerPolicy(description, self["token"] is not None))
+            except PolicyError as e:
+                raise usage.UsageError(str(e))
+
+
+def makeService(options, reactor=None):
+    """
+    Build the daemon: one ClientService per VM, one listener per --listen.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from twisted.application import service, strports
+
+    from prokshy.host.server import ClientFactory, Daemon
+    from prokshy.host.vm import VMConnection
+
+    top = service.MultiService()
+    vms = {}
+    for name, path in options["vms"].items():
+        vm = VMConnection(reactor, name, path)
+        vm.service.setServiceParent(top)
+        vms[name] = vm
+    legacy = {}
+    for listen, name in options["legacy-vm"]:
+        for policy in options["policies"]:
+            if policy.description.startswith(listen):
+                legacy[policy.description] = name
+    daemon = Daemon(reactor, vms, token=options["token"], legacyVMs=legacy, linger=options["legacy-linger"])
+    top.daemon = daemon
+    for policy in options["policies"]:
+        strports.service(policy.description, ClientFactory(daemon, policy), reactor=reactor).setServiceParent(top)
+    return top
