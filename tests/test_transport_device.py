@@ -1,0 +1,366 @@
+# -*- test-case-name: tests.test_transport_device -*-
+"""
+Tests for L{prokshy.transport.device.DeviceTransport}, the non-tty device
+transport, and above all its "host away" handling.
+
+A Linux virtio port with no host answers C{read() == 0} and polls
+C{POLLIN|POLLHUP} for ever.  A socketpair whose peer is closed behaves the
+same way (plus C{POLLOUT}, and writes fail with C{EPIPE}), so it stands in
+for one.  A pipe whose write end is closed does not: it polls C{POLLHUP}
+without C{POLLIN}, which is what an unplugged port does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from prokshy.transport.device import DeviceAddress, DeviceTransport
+from tests.test_transport import ALL_BYTES, RecordingProtocol, closeProtocol, waitFor
+
+
+def closed(fd):
+    try:
+        os.fstat(fd)
+    except OSError as e:
+        return e.errno == errno.EBADF
+    return False
+
+
+class FakeReads:
+    """
+    A C{_read} for L{DeviceTransport}: scripted results (bytes or an errno),
+    then the real C{os.read}.  Counts calls.
+    """
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self.calls = 0
+
+    def __call__(self, fd, size):
+        self.calls += 1
+        if self.script:
+            result = self.script.pop(0)
+            if isinstance(result, int):
+                raise OSError(result, os.strerror(result))
+            return result
+        return os.read(fd, size)
+
+
+class HostAwayTests(TestCase):
+    """
+    Host away, deterministically: a L{MemoryReactorClock}, a live socketpair
+    and scripted reads.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(self.peer.close)
+        self.fd = ours.detach()
+        self.protocol = RecordingProtocol()
+        self.transport = DeviceTransport(self.protocol, self.fd, "/dev/vport0p1", self.reactor)
+        self.addCleanup(self.transport.abortConnection)
+
+    def goAway(self, *more):
+        self.transport._read = reads = FakeReads(b"", *more)
+        self.assertIsNone(self.transport.doRead())
+        return reads
+
+    def probeDelays(self, count):
+        delays = []
+        for i in range(count):
+            [call] = self.reactor.getDelayedCalls()
+            delay = call.getTime() - self.reactor.seconds()
+            delays.append(round(delay, 6))
+            self.reactor.advance(delay)
+        return delays
+
+    def test_connects(self):
+        self.assertEqual(self.protocol.events, ["made"])
+        self.assertIs(self.protocol.transport, self.transport)
+        self.assertIn(self.transport, self.reactor.getReaders())
+        self.assertEqual(self.transport.getPeer(), DeviceAddress("/dev/vport0p1"))
+        self.assertEqual(self.transport.fileno(), self.fd)
+
+    def test_zeroReadIsNotEOF(self):
+        """
+        A 0-byte read does not lose the connection: the fd leaves the reactor
+        (no spinning on POLLHUP), the protocol's C{hostAway} is called once,
+        and the fd stays open.
+        """
+        self.transport.write(b"queued")
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.goAway()
+        self.assertNotIn(self.transport, self.reactor.getReaders())
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+        self.assertEqual(self.protocol.events, ["made", "away"])
+        self.assertFalse(self.transport.hostConnected)
+        self.assertTrue(self.transport.connected)
+        self.assertFalse(closed(self.fd))
+
+    def test_backoff(self):
+        """
+        While away, the fd is read once per probe, 50 ms apart doubling to
+        1 s; nothing else touches it.
+        """
+        reads = self.goAway(*[b""] * 8)
+        self.assertEqual(self.probeDelays(8), [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
+        self.assertEqual(reads.calls, 9)
+        self.assertEqual(self.protocol.events, ["made", "away"])
+        self.assertEqual(self.reactor.getReaders(), [])
+
+    def test_returnsWithData(self):
+        """
+        A probe that reads data means the host is back: C{hostReturned},
+        the data, and reading resumes.
+        """
+        self.goAway(b"", b"hello")
+        self.probeDelays(2)
+        self.assertEqual(self.protocol.events, ["made", "away", "returned"])
+        self.assertEqual(bytes(self.protocol.data), b"hello")
+        self.assertTrue(self.transport.hostConnected)
+        self.assertIn(self.transport, self.reactor.getReaders())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_writesBufferedUntilReturn(self):
+        """
+        Writes while away are kept, without registering for writability
+        (Twisted would turn the hang-up into a lost connection), and are
+        flushed when the host returns (EAGAIN: host there, nothing to read).
+        """
+        self.goAway(errno.EAGAIN)
+        self.transport.write(b"hello ")
+        self.transport.writeSequence([b"host"])
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.probeDelays(1)
+        self.assertEqual(self.protocol.events, ["made", "away", "returned"])
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.assertIsNone(self.transport.doWrite())
+        self.assertEqual(self.peer.recv(100), b"hello host")
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_backoffRestartsEachTime(self):
+        self.goAway(b"", errno.EAGAIN)
+        self.probeDelays(2)
+        self.goAway(b"", b"")
+        self.assertEqual(self.probeDelays(2), [0.05, 0.1])
+        self.assertEqual(self.protocol.events, ["made", "away", "returned", "away"])
+
+    def test_pausedProbesWithoutReading(self):
+        """
+        If the protocol paused reading, probes poll instead of reading (so
+        no data is taken from a paused protocol); when the host is back,
+        reading stays paused until resumed.
+        """
+        reads = self.goAway()
+        self.transport.pauseProducing()
+        self.peer.send(b"data")
+        self.probeDelays(1)
+        self.assertEqual(reads.calls, 1)
+        self.assertEqual(self.protocol.events, ["made", "away", "returned"])
+        self.assertEqual(self.reactor.getReaders(), [])
+        self.transport.resumeProducing()
+        self.assertIn(self.transport, self.reactor.getReaders())
+
+    def test_resumeWhileAwayDoesNotPoll(self):
+        self.goAway()
+        self.transport.pauseProducing()
+        self.transport.resumeProducing()
+        self.assertEqual(self.reactor.getReaders(), [])
+
+    def test_loseConnectionWhileAway(self):
+        """
+        Closing while away closes soon (the buffer cannot drain), cancels the
+        probe and closes the fd.
+        """
+        self.goAway()
+        self.transport.write(b"never sent")
+        self.transport.loseConnection()
+        self.reactor.advance(0)
+        self.assertEqual(self.protocol.events, ["made", "away", "lost"])
+        self.assertTrue(self.protocol.reasons[0].check(ConnectionDone))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertTrue(closed(self.fd))
+
+    def test_readErrorIsFatal(self):
+        """
+        A read error other than EAGAIN/EINTR (ENODEV: port unplugged) loses
+        the connection, with the path and the errno in the reason.
+        """
+        self.transport._read = FakeReads(errno.EINTR, errno.EAGAIN, errno.ENODEV)
+        self.assertIsNone(self.transport.doRead())
+        self.assertIsNone(self.transport.doRead())
+        why = self.transport.doRead()
+        self.assertIsInstance(why, ConnectionLost)
+        self.assertIn("/dev/vport0p1", str(why))
+        self.assertIn("ENODEV", str(why))
+        # What the reactor does with it:
+        self.transport.connectionLost(Failure(why))
+        self.assertEqual(self.protocol.events, ["made", "lost"])
+        self.assertTrue(closed(self.fd))
+
+    def test_probeReadErrorIsFatal(self):
+        self.goAway(errno.EIO)
+        self.probeDelays(1)
+        self.assertEqual(self.protocol.events, ["made", "away", "lost"])
+        self.assertIn("EIO", self.protocol.reasons[0].getErrorMessage())
+        self.assertTrue(closed(self.fd))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_reactorHangUpOnLiveFDIsLost(self):
+        """
+        A hang-up reported by the reactor while the fd does not poll as
+        "host away" is a real end.
+        """
+        self.transport.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.protocol.events, ["made", "lost"])
+
+    def test_zeroReadWithHangUpIsEnd(self):
+        """
+        A 0-byte read on a fd that polls POLLHUP without POLLIN (an unplugged
+        port; here a pipe with no writer) ends the connection.  (Under poll
+        and epoll the reactor reports that itself; select calls doRead.)
+        """
+        r, w = os.pipe()
+        os.close(w)
+        protocol = RecordingProtocol()
+        transport = DeviceTransport(protocol, r, "/dev/vport0p2", self.reactor)
+        why = transport.doRead()
+        self.assertIsInstance(why, ConnectionDone)
+        self.assertIn("/dev/vport0p2 hung up", str(why))
+        transport.connectionLost(Failure(why))
+        self.assertEqual(protocol.events, ["made", "lost"])
+        self.assertTrue(closed(r))
+
+    def test_hostAwayErrorsAreLogged(self):
+        """
+        An exception from the protocol's C{hostAway} is logged, not fatal.
+        """
+
+        def broken():
+            raise ValueError("oops")
+
+        self.protocol.hostAway = broken
+        self.goAway()
+        self.assertTrue(self.transport.connected)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
+class RealReactorTests(TestCase):
+    """
+    The same, on the real reactor and real fds.
+    """
+
+    def connect(self, fd, path="/dev/vport0p1"):
+        protocol = RecordingProtocol()
+        DeviceTransport(protocol, fd, path, reactor)
+        self.addCleanup(closeProtocol, protocol)
+        return protocol
+
+    def test_dataBothWays(self):
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        protocol = self.connect(ours.detach())
+        protocol.transport.write(ALL_BYTES)
+        peer.sendall(ALL_BYTES)
+        received = bytearray()
+
+        def done():
+            try:
+                received.extend(peer.recv(65536, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                pass
+            return len(received) >= len(ALL_BYTES) and len(protocol.data) >= len(ALL_BYTES)
+
+        d = waitFor(done)
+
+        @d.addCallback
+        def check(_):
+            self.assertEqual(bytes(received), ALL_BYTES)
+            self.assertEqual(bytes(protocol.data), ALL_BYTES)
+
+        return d
+
+    def test_idleHostAwayCostsNothing(self):
+        """
+        With no host, the transport reads the fd only a handful of times a
+        second (here: about 5 in 1 s), instead of spinning, and never loses
+        the connection.
+        """
+        ours, peer = socket.socketpair()
+        peer.close()
+        protocol = RecordingProtocol()
+        transport = DeviceTransport(protocol, ours.detach(), "/dev/vport0p1", reactor)
+        # Nothing is read before the reactor runs.
+        transport._read = reads = FakeReads()
+        self.addCleanup(closeProtocol, protocol)
+        d = deferLater(reactor, 1.0, lambda: None)
+
+        @d.addCallback
+        def check(_):
+            self.assertEqual(protocol.events, ["made", "away"])
+            self.assertTrue(transport.connected)
+            self.assertGreaterEqual(reads.calls, 3)
+            self.assertLess(reads.calls, 20)
+
+        return d
+
+    def test_hangUpOnWriteOnlyIsHostAway(self):
+        """
+        If the host goes while the protocol has paused reading, its next
+        write registers the fd for writing only, and the reactor reports the
+        hang-up as a lost connection without calling doRead.  The transport
+        sees through that: host away, data kept.
+        """
+        ours, peer = socket.socketpair()
+        protocol = self.connect(ours.detach())
+        protocol.transport.pauseProducing()
+        peer.close()
+        protocol.transport.write(b"kept")
+        d = waitFor(lambda: "away" in protocol.events)
+
+        @d.addCallback
+        def check(_):
+            self.assertEqual(protocol.events, ["made", "away"])
+            self.assertTrue(protocol.transport.connected)
+            t = protocol.transport
+            self.assertEqual(bytes(t.dataBuffer[t.offset:]) + b"".join(t._tempDataBuffer), b"kept")
+
+        return d
+
+    def test_hangUpWithoutPollInIsLost(self):
+        """
+        A hang-up without POLLIN (an unplugged port; a pipe with no writer)
+        is a real end of the connection.
+        """
+        r, w = os.pipe()
+        os.close(w)
+        protocol = self.connect(r)
+        d = protocol.lost
+
+        @d.addCallback
+        def check(_):
+            self.assertEqual(protocol.events, ["made", "lost"])
+            self.assertTrue(protocol.reasons[0].check(ConnectionDone))
+            self.assertTrue(closed(r))
+
+        return d
+
+    def test_fromPath(self):
+        path = self.mktemp()
+        os.mkfifo(path)
+        protocol = RecordingProtocol()
+        transport = DeviceTransport.fromPath(protocol, path, reactor)
+        self.addCleanup(closeProtocol, protocol)
+        self.assertEqual(transport.getHost(), DeviceAddress(path))
+        transport.write(b"loop")
+        return waitFor(lambda: protocol.data == b"loop")
