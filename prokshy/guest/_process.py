@@ -1,0 +1,226 @@
+# -*- test-case-name: tests.test_runner -*-
+"""
+Spawning a child process in its own process group.
+
+Twisted's L{twisted.internet.process.Process} puts the child in the agent's
+process group, so a timeout could only kill the child itself, never its
+children (twisted/twisted#2726).  L{ProcessGroupProcess} makes every child
+the leader of a new process group (pgid == pid) on both of Twisted's spawn
+paths:
+
+  - the fast path, C{os.posix_spawnp}, which Twisted takes when no uid/gid is
+    given and C{path} is None or equals the agent's current directory: we
+    pass C{setpgroup=0};
+
+  - the fork path (any other C{path}): the child calls C{os.setpgid(0, 0)}
+    before Twisted's own child setup, and the parent calls
+    C{os.setpgid(pid, pid)} too, so the group exists as soon as the
+    constructor returns whichever of the two runs first.
+
+The overridden methods are private Twisted API; this module mirrors Twisted
+26.10's C{Process._trySpawnInsteadOfFork} and must be re-checked when Twisted
+changes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+from typing import Any, Callable, Dict, List, Optional
+
+from twisted.internet import process as _twistedProcess
+from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
+
+#: The child's file descriptors: stdin is written by us, stdout and stderr
+#: are read by us.  No other descriptor is inherited.
+STDIO_CHILD_FDS: Dict[int, str] = {0: "w", 1: "r", 2: "r"}
+
+
+class ProcessGroupProcess(_twistedProcess.Process):
+    """
+    A L{twisted.internet.process.Process} whose child leads its own process
+    group.
+
+    @ivar pgid: the child's process group id (equal to its pid); kept after
+        the child is reaped so that grandchildren still holding the group can
+        be signalled.
+    @ivar spawnMethod: C{"posix_spawn"} or C{"fork"}: which path created the
+        child.
+    """
+
+    pgid: Optional[int] = None
+    spawnMethod: Optional[str] = None
+    _childSignalMask: Any = ()
+
+    def _trySpawnInsteadOfFork(
+        self, path, uid, gid, executable, args, environment, kwargs
+    ):
+        """
+        Use C{posix_spawnp} with C{setpgroup=0} when Twisted would use
+        C{posix_spawnp}; the conditions and the file actions are Twisted's.
+
+        @return: whether C{posix_spawnp} was used.
+        """
+        if (
+            getattr(os, "posix_spawnp", None) is None
+            or uid is not None
+            or gid is not None
+            or (path is not None and os.path.abspath(path) != os.path.abspath("."))
+            or getattr(self._reactor, "_neverUseSpawn", False)
+        ):
+            return False
+        fdmap = kwargs.get("fdmap")
+        fdState = []
+        for eachFD in _twistedProcess._listOpenFDs():
+            try:
+                isCloseOnExec = fcntl.fcntl(eachFD, fcntl.F_GETFD, fcntl.FD_CLOEXEC)
+            except OSError:
+                pass
+            else:
+                fdState.append((eachFD, isCloseOnExec))
+        if environment is None:
+            environment = os.environ
+        setSigDef = [
+            everySignal
+            for everySignal in range(1, signal.NSIG)
+            if signal.getsignal(everySignal) == signal.SIG_IGN
+        ]
+        self.pid = os.posix_spawnp(
+            executable,
+            args,
+            environment,
+            file_actions=_twistedProcess._getFileActions(
+                fdState,
+                fdmap,
+                doClose=_twistedProcess._PS_CLOSE,
+                doDup2=_twistedProcess._PS_DUP2,
+            ),
+            setsigdef=setSigDef,
+            setsigmask=self._childSignalMask,
+            setpgroup=0,
+        )
+        self.status = -1
+        self.spawnMethod = "posix_spawn"
+        return True
+
+    def _setupChild(self, *args: Any, **kwargs: Any) -> None:
+        """
+        In the forked child: become a process group leader, reset the
+        signals the agent handles in Python to their defaults, restore the
+        signal mask, then let Twisted arrange the file descriptors.
+
+        Signals are blocked across the fork (see L{_fork}), so a signal sent
+        to the new group before the exec, such as an early TERM, is not run
+        by the agent's handlers in the child and lost: it stays pending until
+        the defaults are in place, then acts (TERM kills the child).
+        """
+        os.setpgid(0, 0)
+        for signalNumber in signal.valid_signals():
+            handler = signal.getsignal(signalNumber)
+            if callable(handler):
+                signal.signal(signalNumber, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._childSignalMask)
+        super()._setupChild(*args, **kwargs)
+
+    def _fork(self, path, uid, gid, executable, args, environment, **kwargs):
+        """
+        Spawn or fork (only the parent returns) with all signals blocked in
+        this thread, then make sure the group exists before anyone may
+        signal it.  The child gets the signal mask we had before.
+        """
+        self._childSignalMask = signal.pthread_sigmask(
+            signal.SIG_BLOCK, signal.valid_signals()
+        )
+        try:
+            super()._fork(path, uid, gid, executable, args, environment, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._childSignalMask)
+        if self.spawnMethod is None:
+            self.spawnMethod = "fork"
+            try:
+                os.setpgid(self.pid, self.pid)
+            except OSError:
+                # EACCES: the child has already exec'd, after its own
+                # setpgid(0, 0).
+                pass
+        self.pgid = self.pid
+
+    def signalGroup(self, signalNumber: int) -> bool:
+        """
+        Send a signal to the child's whole process group.
+
+        @return: C{True} if it was sent, C{False} if the group is gone.
+        """
+        if self.pgid is None:
+            return False
+        try:
+            os.killpg(self.pgid, signalNumber)
+        except (ProcessLookupError, PermissionError):
+            # ESRCH: nobody left.  EPERM: (BSD) only zombies left.  Should
+            # the child somehow not lead a group, still signal the child
+            # itself while it is unreaped (its pid cannot be reused yet).
+            if self.pid is None:
+                return False
+            try:
+                os.kill(self.pid, signalNumber)
+            except OSError:
+                return False
+        return True
+
+
+def spawnProcessGroup(
+    reactor: Any,
+    protocol: IProcessProtocol,
+    executable: str,
+    args: List[str],
+    environment: Dict[str, str],
+    path: Optional[str],
+) -> IProcessTransport:
+    """
+    Spawn C{executable} in its own process group with piped stdio.
+
+    This is the default spawn function of
+    L{prokshy.guest.runner.CommandRunner}.  C{reactor} must be a POSIX
+    reactor providing C{IReactorProcess} (the process uses its
+    C{addReader}/C{addWriter}).
+
+    @return: a L{ProcessGroupProcess}, which has C{signalGroup}.
+    """
+    return ProcessGroupProcess(
+        reactor,
+        executable,
+        args,
+        environment,
+        path,
+        protocol,
+        childFDs=dict(STDIO_CHILD_FDS),
+    )
+
+
+def spawnWithReactor(
+    reactor: Any,
+    protocol: IProcessProtocol,
+    executable: str,
+    args: List[str],
+    environment: Dict[str, str],
+    path: Optional[str],
+) -> IProcessTransport:
+    """
+    Spawn through C{reactor.spawnProcess}.
+
+    Use it with a fake process reactor in tests.  With a real reactor the
+    child shares the agent's process group: if the transport has no
+    C{signalGroup}, only the child itself can be signalled.
+    """
+    return reactor.spawnProcess(
+        protocol,
+        executable,
+        args,
+        environment,
+        path,
+        childFDs=dict(STDIO_CHILD_FDS),
+    )
+
+
+SpawnFunction = Callable[..., IProcessTransport]

@@ -1,0 +1,394 @@
+# -*- test-case-name: tests.test_legacy -*-
+"""
+The original prokshy line protocol.
+
+The original guest agent (C{main.sh}, see the channel-semantics notes) reads
+a command name line, checks it against C{^[a-zA-Z0-9_.-]+$} and the execute
+bit, then waits up to one second for an argument line, which it feeds to the
+command's stdin without its newline.  L{LegacyHandler} reproduces that, and
+also accepts the C{NAME SP DATA} form the original README describes:
+
+  - C{NAME SP DATA LF}: run NAME with DATA.
+  - C{NAME LF DATA LF}: the next line is DATA, whatever it looks like.
+  - C{NAME LF} alone: after C{argWait} seconds without a line, run NAME
+    with empty data.
+  - Surrounding blanks (space, tab) and a trailing CR are stripped from
+    every line, as C{read -r} trims blanks; an empty line is ignored.
+  - A refused name (bad name, C{.}/C{..}, missing, not executable,
+    insecure) is logged and ignored, and the next line is read as a command
+    again: the argument line is not consumed.
+  - stdout goes back raw through C{write}; stderr and the exit status go to
+    the log.  One command runs at a time; lines that arrive meanwhile are
+    queued (bounded) and handled in order afterwards.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Optional, Union
+
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger, LogLevel
+
+from prokshy.guest.runner import CommandRefused, CommandRunner, Execution
+
+__all__ = ["LegacyHandler", "LogLimiter"]
+
+_log = Logger()
+
+_BLANKS = b" \t"
+
+#: The queue marker for a line that was too long and was discarded.
+_DISCARDED = object()
+
+
+def _strip(line: bytes) -> bytes:
+    """
+    Remove a trailing CR, then surrounding blanks.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line.strip(_BLANKS)
+
+
+class LogLimiter:
+    """
+    Emit at most one log event per C{interval}; count the others and report
+    the count with the next one that is emitted (or on L{flush}).
+
+    A flood of garbage therefore costs at most one log line per interval.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        log: Logger,
+        interval: float = 1.0,
+        level: LogLevel = LogLevel.warn,
+    ) -> None:
+        self._clock = clock
+        self._log = log
+        self._interval = interval
+        self._level = level
+        self._last: Optional[float] = None
+        self.suppressed = 0
+
+    def emit(self, format: str, **kwargs: Any) -> bool:
+        """
+        Log C{format} (a L{twisted.logger} format string; put data in
+        C{kwargs}, never in C{format}) unless one was logged less than
+        C{interval} ago.
+
+        @return: whether it was logged.
+        """
+        now = self._clock.seconds()
+        if self._last is not None and now - self._last < self._interval:
+            self.suppressed += 1
+            return False
+        self._last = now
+        if self.suppressed:
+            format += " ({suppressed} similar messages suppressed)"
+            kwargs["suppressed"] = self.suppressed
+            self.suppressed = 0
+        self._log.emit(self._level, format, **kwargs)
+        return True
+
+    def flush(self) -> None:
+        """
+        Report the suppressed count, if any.
+        """
+        if self.suppressed:
+            self._log.emit(
+                self._level,
+                "{suppressed} similar messages suppressed",
+                suppressed=self.suppressed,
+            )
+            self.suppressed = 0
+
+
+class _LegacySink:
+    """
+    Receives one command's output: stdout to the handler's C{write}, stderr
+    to the log, line by line.
+    """
+
+    #: At most this many stderr bytes per command go to the log.
+    maxStderrLog = 64 * 1024
+
+    def __init__(self, handler: "LegacyHandler", name: str) -> None:
+        self._handler = handler
+        self.name = name
+        self.detached = False
+        self._stderr = b""
+        self._stderrLogged = 0
+
+    def stdoutReceived(self, data: bytes) -> None:
+        if not self.detached:
+            self._handler._writeOutput(data)
+
+    def stderrReceived(self, data: bytes) -> None:
+        if self._stderrLogged >= self.maxStderrLog:
+            return
+        self._stderr += data
+        *lines, self._stderr = self._stderr.split(b"\n")
+        for line in lines:
+            self._logStderr(line)
+        if len(self._stderr) > 4096:
+            self._logStderr(self._stderr)
+            self._stderr = b""
+
+    def outputFinished(self) -> None:
+        if self._stderr:
+            self._logStderr(self._stderr)
+            self._stderr = b""
+
+    def _logStderr(self, line: bytes) -> None:
+        if self._stderrLogged >= self.maxStderrLog:
+            return
+        self._stderrLogged += len(line) + 1
+        _log.info(
+            "command {name!r} stderr: {line}",
+            name=self.name,
+            line=line.rstrip(b"\r").decode("utf-8", "backslashreplace"),
+        )
+        if self._stderrLogged >= self.maxStderrLog:
+            _log.info(
+                "command {name!r}: further stderr not logged", name=self.name
+            )
+
+
+@implementer(IPushProducer)
+class _OutputThrottle:
+    """
+    Registered with the device transport while a command runs, so that a
+    full device write buffer pauses the command's output.  The device going
+    away resumes it rather than killing it.
+    """
+
+    def __init__(self, execution: Execution) -> None:
+        self.execution = execution
+
+    def pauseProducing(self) -> None:
+        self.execution.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.execution.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.execution.resumeProducing()
+
+
+class LegacyHandler:
+    """
+    The original line protocol, fed one line at a time.
+
+    @ivar write: called with the running command's stdout.
+    @ivar consumer: if set (an C{IConsumer}, normally the device transport),
+        each command is registered with it as a streaming producer while it
+        runs, so the device's write buffer throttles the command's output.
+    @ivar maxQueuedLines: lines kept while a command runs; more are dropped.
+    @ivar maxQueuedBytes: bytes kept while a command runs; more are dropped.
+    """
+
+    maxQueuedLines = 64
+    maxQueuedBytes = 1024 * 1024
+
+    def __init__(
+        self,
+        runner: CommandRunner,
+        write: Callable[[bytes], Any],
+        clock: IReactorTime,
+        argWait: float = 1.0,
+    ) -> None:
+        self.runner = runner
+        self.write = write
+        self.clock = clock
+        self.argWait = argWait
+        self.consumer: Any = None
+        self.current: Optional[Execution] = None
+        self._sink: Optional[_LegacySink] = None
+        self._throttle: Optional[_OutputThrottle] = None
+        self._pendingName: Optional[bytes] = None
+        self._argCall: Any = None
+        self._queue: Deque[Union[bytes, object]] = deque()
+        self._queuedBytes = 0
+        self._pumping = False
+        self._ignoredLog = LogLimiter(clock, _log)
+        self._overflowLog = LogLimiter(clock, _log)
+
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a command started by this handler is still running.
+        """
+        return self.current is not None
+
+    # -- input -------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        A line (without its LF) from the host.
+        """
+        if self.current is not None and (
+            len(self._queue) >= self.maxQueuedLines
+            or self._queuedBytes + len(line) > self.maxQueuedBytes
+        ):
+            self._overflowLog.emit(
+                "discarded a line while command {name!r} runs: queue full "
+                "({lines} lines, {nbytes} bytes)",
+                name=self.current.name,
+                lines=len(self._queue),
+                nbytes=self._queuedBytes,
+            )
+            return
+        self._queuedBytes += len(line)
+        self._queue.append(line)
+        self._pump()
+
+    def lineDiscarded(self) -> None:
+        """
+        A line was too long and was thrown away.  If it was the argument of
+        a pending command, that command is not run.
+        """
+        if not (self._queue and self._queue[-1] is _DISCARDED):
+            self._queue.append(_DISCARDED)
+        self._pump()
+
+    def reset(self) -> None:
+        """
+        Forget partial state: a pending command waiting for its argument and
+        the queued lines.  A running command is not killed, but its output
+        is no longer written (it is dropped, and that is logged once).
+        """
+        if self._argCall is not None and self._argCall.active():
+            self._argCall.cancel()
+        self._argCall = None
+        self._pendingName = None
+        self._queue.clear()
+        self._queuedBytes = 0
+        if self._sink is not None and not self._sink.detached:
+            self._sink.detached = True
+            _log.info(
+                "command {name!r} is still running; its output will be dropped",
+                name=self._sink.name,
+            )
+        self._unthrottle()
+        self._ignoredLog.flush()
+        self._overflowLog.flush()
+
+    # -- processing --------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and self.current is None:
+                item = self._queue.popleft()
+                if isinstance(item, bytes):
+                    self._queuedBytes -= len(item)
+                self._process(item)
+        finally:
+            self._pumping = False
+
+    def _process(self, item: Union[bytes, object]) -> None:
+        if item is _DISCARDED:
+            if self._pendingName is not None:
+                name = self._pendingName
+                self._cancelPending()
+                self._ignoredLog.emit(
+                    "command {name!r} not run: its argument line was too long",
+                    name=name.decode("ascii"),
+                )
+            return
+        assert isinstance(item, bytes)
+        text = _strip(item)
+        if self._pendingName is not None:
+            name = self._pendingName
+            self._cancelPending()
+            self._run(name, text)
+            return
+        if not text:
+            return
+        name, sep, data = text.partition(b" ")
+        try:
+            self.runner.directory.resolve(name)
+        except CommandRefused as e:
+            self._ignore(e)
+            return
+        if sep:
+            self._run(name, data)
+        else:
+            self._pendingName = name
+            self._argCall = self.clock.callLater(self.argWait, self._argTimeout)
+
+    def _cancelPending(self) -> None:
+        if self._argCall is not None and self._argCall.active():
+            self._argCall.cancel()
+        self._argCall = None
+        self._pendingName = None
+
+    def _argTimeout(self) -> None:
+        self._argCall = None
+        name, self._pendingName = self._pendingName, None
+        if name is not None:
+            self._run(name, b"")
+            self._pump()
+
+    def _ignore(self, refusal: CommandRefused) -> None:
+        self._ignoredLog.emit(
+            "ignored command line: {reason}", reason=refusal.message, code=refusal.code
+        )
+
+    def _run(self, name: bytes, data: bytes) -> None:
+        sink = _LegacySink(self, name.decode("ascii"))
+        try:
+            execution = self.runner.start(name, sink)
+        except CommandRefused as e:
+            self._ignore(e)
+            return
+        except Exception:
+            _log.failure("command {name!r} could not be started", name=sink.name)
+            return
+        self.current = execution
+        self._sink = sink
+        self._throttleWith(execution)
+        if data:
+            execution.writeStdin(data)
+        execution.closeStdin()
+        execution.done.addBoth(self._commandDone, execution)
+
+    def _commandDone(self, result: Any, execution: Execution) -> Any:
+        if execution is self.current:
+            self._unthrottle()
+            self.current = None
+            self._sink = None
+            self._pump()
+        return result
+
+    def _writeOutput(self, data: bytes) -> None:
+        self.write(data)
+
+    # -- device backpressure -----------------------------------------------
+
+    def _throttleWith(self, execution: Execution) -> None:
+        consumer = self.consumer
+        if consumer is None or getattr(consumer, "producer", None) is not None:
+            return
+        throttle = _OutputThrottle(execution)
+        try:
+            consumer.registerProducer(throttle, True)
+        except RuntimeError:
+            return
+        self._throttle = throttle
+
+    def _unthrottle(self) -> None:
+        throttle, self._throttle = self._throttle, None
+        if throttle is None:
+            return
+        consumer = self.consumer
+        if consumer is not None and getattr(consumer, "producer", None) is throttle:
+            consumer.unregisterProducer()
+        throttle.execution.resumeProducing()

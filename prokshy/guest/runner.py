@@ -1,0 +1,773 @@
+# -*- test-case-name: tests.test_runner -*-
+"""
+Running the executables of a C{command.d} directory.
+
+L{CommandDirectory} turns a command name sent by the host into the path of
+an executable, refusing anything unsafe.  L{CommandRunner} starts it with no
+shell, a fixed clean environment (L{COMMAND_ENVIRONMENT}), cwd C{/} and in
+its own process group, and returns an L{Execution}: the handle used to feed
+stdin, apply backpressure in both directions, signal or cancel the command,
+and wait for its L{ExitStatus}.
+
+Bounds: a wall-clock timeout (TERM to the whole group, KILL after the grace
+period), a cap on the output delivered, and, once the command has exited, a
+bounded wait for grandchildren that still hold its output pipes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal as _signal
+import stat
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Union
+
+from zope.interface import implementer
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IPushProducer, IReactorProcess, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from prokshy.guest._process import SpawnFunction, spawnProcessGroup, spawnWithReactor
+
+__all__ = [
+    "COMMAND_ENVIRONMENT",
+    "NAME_PATTERN",
+    "CommandDirectory",
+    "CommandRefused",
+    "CommandRunner",
+    "Execution",
+    "ExitStatus",
+    "spawnProcessGroup",
+    "spawnWithReactor",
+]
+
+_log = Logger()
+
+MiB = 1024 * 1024
+
+#: The whole environment of a command.  Nothing of the agent's own
+#: environment leaks in.  C{PATH} is the one the original README's example
+#: command sets; C{HOME=/} matches the working directory; C{PROKSHY=1} lets a
+#: script know it runs under prokshy.  No locale variable is set: commands run
+#: in the C locale, as under the original sh agent started by rc.d.
+COMMAND_ENVIRONMENT: Dict[str, str] = {
+    "PATH": "/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin",
+    "HOME": "/",
+    "PROKSHY": "1",
+}
+
+#: Valid command names (the original agent's C{^[a-zA-Z0-9_.-]+$}; C{\\Z},
+#: because C{$} also matches before a trailing newline).
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]+\Z")
+
+#: The working directory of every command.
+COMMAND_CWD = "/"
+
+
+class CommandRefused(Exception):
+    """
+    A command was not started.
+
+    @ivar code: one of C{bad-name}, C{no-such-command}, C{not-executable},
+        C{insecure}, C{busy}.
+    @ivar message: a human sentence saying why, for the log.
+    """
+
+    codes = ("bad-name", "no-such-command", "not-executable", "insecure", "busy")
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _writable(mode: int) -> Optional[str]:
+    """
+    @return: C{"world-writable"}, C{"group-writable"} or C{None}.
+    """
+    if mode & stat.S_IWOTH:
+        return "world-writable"
+    if mode & stat.S_IWGRP:
+        return "group-writable"
+    return None
+
+
+class CommandDirectory:
+    """
+    The C{command.d} directory: maps a command name to an executable.
+
+    @ivar path: the absolute path of the directory.
+    """
+
+    def __init__(self, path: Union[str, bytes]) -> None:
+        self.path = os.path.abspath(os.fsdecode(path))
+
+    def __repr__(self) -> str:
+        return f"CommandDirectory({self.path!r})"
+
+    @staticmethod
+    def checkName(name: Union[str, bytes]) -> str:
+        """
+        Validate a command name without looking at the file system.
+
+        @param name: the name, as C{str} or ASCII C{bytes}.
+        @return: the name as C{str}.
+        @raise CommandRefused: C{bad-name}.
+        """
+        if isinstance(name, bytes):
+            try:
+                text = name.decode("ascii")
+            except UnicodeDecodeError:
+                raise CommandRefused("bad-name", f"bad name {name[:64]!r}") from None
+        elif isinstance(name, str):
+            text = name
+        else:
+            raise TypeError(f"command name must be str or bytes, not {name!r}")
+        if not NAME_PATTERN.match(text) or text in (".", ".."):
+            raise CommandRefused("bad-name", f"bad name {name[:64]!r}")
+        return text
+
+    def resolve(self, name: Union[str, bytes]) -> str:
+        """
+        Check a command name and the file it names.
+
+        The directory must exist and not be group- or world-writable.  The
+        command must be an executable regular file that is not group- or
+        world-writable.  A symlink may point anywhere, as long as its final
+        target passes the same checks and the target's directory is not
+        world-writable.
+
+        @return: the absolute path to execute (a symlink's final target).
+        @raise CommandRefused: with the reason.
+        """
+        text = self.checkName(name)
+        directory = self.path
+        try:
+            dirStat = os.stat(directory)
+        except OSError as e:
+            raise CommandRefused(
+                "no-such-command",
+                f"no such command {text!r}: command directory {directory}: "
+                f"{e.strerror}",
+            ) from None
+        if not stat.S_ISDIR(dirStat.st_mode):
+            raise CommandRefused(
+                "no-such-command",
+                f"no such command {text!r}: {directory} is not a directory",
+            )
+        problem = _writable(dirStat.st_mode)
+        if problem:
+            raise CommandRefused(
+                "insecure",
+                f"command {text!r} is insecure: command directory {directory} "
+                f"is {problem} (mode {stat.S_IMODE(dirStat.st_mode):04o})",
+            )
+
+        path = os.path.join(directory, text)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise CommandRefused(
+                "no-such-command", f"no such command {text!r} in {directory}"
+            ) from None
+        except OSError as e:
+            raise CommandRefused(
+                "no-such-command", f"command {text!r}: {path}: {e.strerror}"
+            ) from None
+
+        target = path
+        what = path
+        if stat.S_ISLNK(st.st_mode):
+            target = os.path.realpath(path)
+            what = f"symlink target {target}"
+            try:
+                st = os.stat(target)
+            except FileNotFoundError:
+                raise CommandRefused(
+                    "no-such-command",
+                    f"no such command {text!r}: {path} is a dangling symlink",
+                ) from None
+            except OSError as e:
+                raise CommandRefused(
+                    "no-such-command",
+                    f"command {text!r}: symlink {path}: {e.strerror}",
+                ) from None
+            targetDir = os.path.dirname(target)
+            try:
+                targetDirMode = os.stat(targetDir).st_mode
+            except OSError as e:  # pragma: no cover - the target was stat'ed
+                raise CommandRefused(
+                    "no-such-command", f"command {text!r}: {targetDir}: {e.strerror}"
+                ) from None
+            if targetDirMode & stat.S_IWOTH:
+                raise CommandRefused(
+                    "insecure",
+                    f"command {text!r} is insecure: the directory {targetDir} of "
+                    f"its symlink target is world-writable "
+                    f"(mode {stat.S_IMODE(targetDirMode):04o})",
+                )
+
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode):
+            raise CommandRefused(
+                "not-executable",
+                f"command {text!r} is not executable: {what} is not a regular file",
+            )
+        if not (mode & 0o111) or not os.access(target, os.X_OK):
+            raise CommandRefused(
+                "not-executable",
+                f"command {text!r} is not executable: {what} (mode {mode:04o})",
+            )
+        problem = _writable(st.st_mode)
+        if problem:
+            raise CommandRefused(
+                "insecure",
+                f"command {text!r} is insecure: {what} is {problem} "
+                f"(mode {mode:04o})",
+            )
+        return target
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """
+    How a command ended.
+
+    @ivar code: the exit code, or C{None} if a signal killed it.
+    @ivar signal: the signal number that killed it, or C{None}.
+    @ivar timedOut: the wall-clock timeout expired.
+    @ivar truncated: the output cap was reached; output was cut there.
+    """
+
+    code: Optional[int]
+    signal: Optional[int]
+    timedOut: bool = False
+    truncated: bool = False
+
+    @property
+    def success(self) -> bool:
+        return self.code == 0 and not (self.timedOut or self.truncated)
+
+    def describe(self) -> str:
+        """
+        @return: e.g. C{"exited 0"}, C{"killed by SIGTERM"}, or
+            C{"exited 1, timed out"}.
+        """
+        if self.signal is not None:
+            text = f"killed by {_signalName(self.signal)}"
+        else:
+            text = f"exited {self.code}"
+        if self.timedOut:
+            text += ", timed out"
+        if self.truncated:
+            text += ", output truncated"
+        return text
+
+
+def _signalName(number: int) -> str:
+    try:
+        return _signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _signalNumber(sig: Union[int, str]) -> int:
+    if isinstance(sig, str):
+        name = sig.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        number = getattr(_signal, name, None)
+        if not isinstance(number, _signal.Signals):
+            raise ValueError(f"unknown signal {sig!r}")
+        return int(number)
+    number = int(sig)
+    if number not in _signal.valid_signals():
+        raise ValueError(f"unknown signal {sig!r}")
+    return number
+
+
+class _ExecutionProtocol(ProcessProtocol):
+    """
+    Forwards process events to its L{Execution}.
+    """
+
+    def __init__(self, execution: "Execution") -> None:
+        self._execution = execution
+
+    def connectionMade(self) -> None:
+        self._execution._connected(self.transport)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self._execution._output(childFD, data)
+
+    def processExited(self, reason: Failure) -> None:
+        self._execution._processExited(reason)
+
+    def processEnded(self, reason: Failure) -> None:
+        self._execution._processEnded(reason)
+
+
+@implementer(IPushProducer)
+class Execution:
+    """
+    One running command.
+
+    @ivar name: the command name.
+    @ivar path: the executable.
+    @ivar pid: the process id, which is also its process group id.
+    @ivar done: fires exactly once with the L{ExitStatus}, after the process
+        is reaped and its output pipes are closed (waiting at most
+        C{killGrace} seconds for grandchildren holding them).  It never
+        fails.
+    @ivar status: the L{ExitStatus} once C{done} has fired, else C{None}.
+    @ivar outputBytes: bytes of stdout plus stderr delivered to the sink.
+    @ivar elapsed: seconds from start to C{done} (or to now while running).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        name: str,
+        path: str,
+        sink: Any,
+        timeout: float,
+        maxOutput: int,
+        killGrace: float,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.pid: Optional[int] = None
+        self.done: Deferred[ExitStatus] = Deferred()
+        self.status: Optional[ExitStatus] = None
+        self.outputBytes = 0
+        self._clock = clock
+        self._sink = sink
+        self._timeout = timeout
+        self._maxOutput = maxOutput
+        self._killGrace = killGrace
+        self._startedAt = clock.seconds()
+        self._endedAt: Optional[float] = None
+        self._transport: Any = None
+        self._code: Optional[int] = None
+        self._signal: Optional[int] = None
+        self._exited = False
+        self._finished = False
+        self._paused = False
+        self._discard = False
+        self._terminating = False
+        self._killed = False
+        self._timedOut = False
+        self._truncated = False
+        self._timeoutCall: Any = None
+        self._killCall: Any = None
+        self._drainCall: Any = None
+        self._fallbackCall: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Execution {self.name!r} pid={self.pid} finished={self._finished}>"
+
+    @property
+    def elapsed(self) -> float:
+        end = self._endedAt if self._endedAt is not None else self._clock.seconds()
+        return end - self._startedAt
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    # -- stdin -------------------------------------------------------------
+
+    def writeStdin(self, data: bytes) -> None:
+        """
+        Write to the command's stdin (buffered; dropped once stdin is gone).
+        """
+        if self._transport is not None and not self._finished:
+            self._transport.write(data)
+
+    def closeStdin(self) -> None:
+        """
+        Close the command's stdin once what was written is flushed.
+        """
+        if self._transport is not None and not self._finished:
+            self._transport.closeStdin()
+
+    def registerStdinProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        Register a producer feeding stdin: it is paused while the stdin pipe
+        (and its write buffer) is full and resumed when it drains; it is
+        stopped if stdin is already closed.
+        """
+        if self._transport is None or self._finished:
+            producer.stopProducing()
+            return
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterStdinProducer(self) -> None:
+        if self._transport is not None and not self._finished:
+            self._transport.unregisterProducer()
+
+    # -- output backpressure (IPushProducer) -------------------------------
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading stdout and stderr: the command blocks once the pipes
+        fill.  While paused, the wait for the pipes to close after exit is
+        suspended (the pipes cannot reach EOF unless read).
+        """
+        if self._finished or self._paused:
+            return
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pauseProducing()
+        if self._drainCall is not None:
+            self._drainCall.cancel()
+            self._drainCall = None
+
+    def resumeProducing(self) -> None:
+        """
+        Read stdout and stderr again.
+        """
+        if self._finished or not self._paused:
+            return
+        self._paused = False
+        if self._transport is not None:
+            self._transport.resumeProducing()
+        if self._exited:
+            self._startDrainWait()
+
+    def stopProducing(self) -> None:
+        """
+        The consumer is gone: discard further output and cancel the command.
+        """
+        if self._finished:
+            return
+        self._discard = True
+        self.resumeProducing()
+        self.cancel()
+
+    # -- signals -----------------------------------------------------------
+
+    def signal(self, sig: Union[int, str]) -> bool:
+        """
+        Send a signal to the command's whole process group.
+
+        @param sig: a number, or a name such as C{"TERM"} or C{"SIGTERM"}.
+        @return: whether it was sent (C{False} once the command has finished
+            or its group is gone).
+        """
+        number = _signalNumber(sig)
+        if self._finished or self._transport is None:
+            return False
+        signalGroup = getattr(self._transport, "signalGroup", None)
+        if signalGroup is not None:
+            return bool(signalGroup(number))
+        try:
+            self._transport.signalProcess(number)
+        except (ProcessExitedAlready, ProcessLookupError):
+            return False
+        return True
+
+    def cancel(self) -> None:
+        """
+        Terminate the command: TERM to its process group now, KILL after
+        the grace period.
+        """
+        if not self._finished:
+            self._terminate()
+
+    # -- internals ---------------------------------------------------------
+
+    def _connected(self, transport: Any) -> None:
+        self._transport = transport
+        self.pid = transport.pid
+        if self._timeout and self._timeout > 0 and not self._finished:
+            self._timeoutCall = self._clock.callLater(self._timeout, self._expire)
+
+    def _terminate(self) -> None:
+        if self._terminating:
+            return
+        self._terminating = True
+        self.signal(_signal.SIGTERM)
+        if not self._finished:
+            self._killCall = self._clock.callLater(self._killGrace, self._kill)
+
+    def _kill(self) -> None:
+        self._killCall = None
+        self._killed = True
+        self.signal(_signal.SIGKILL)
+
+    def _expire(self) -> None:
+        self._timeoutCall = None
+        self._timedOut = True
+        _log.warn(
+            "command {name!r} timed out after {timeout} s: terminating it",
+            name=self.name,
+            timeout=self._timeout,
+        )
+        self._terminate()
+
+    def _output(self, childFD: int, data: bytes) -> None:
+        if self._discard or self._finished:
+            return
+        capped = False
+        if self._maxOutput:
+            room = self._maxOutput - self.outputBytes
+            if len(data) > room:
+                capped = True
+                data = data[:room]
+        self.outputBytes += len(data)
+        if data:
+            try:
+                if childFD == 1:
+                    self._sink.stdoutReceived(data)
+                elif childFD == 2:
+                    self._sink.stderrReceived(data)
+            except Exception:
+                _log.failure("sink of command {name!r} failed", name=self.name)
+        if capped:
+            self._capReached()
+
+    def _capReached(self) -> None:
+        self._truncated = True
+        self._discard = True
+        _log.warn(
+            "command {name!r} wrote more than {limit} bytes: output truncated, "
+            "terminating it",
+            name=self.name,
+            limit=self._maxOutput,
+        )
+        if self._transport is not None:
+            # Close our read ends: further writes fail with EPIPE/SIGPIPE.
+            self._transport.closeStdout()
+            self._transport.closeStderr()
+        self._terminate()
+
+    def _processExited(self, reason: Failure) -> None:
+        if self._exited:
+            return
+        self._exited = True
+        self._code = getattr(reason.value, "exitCode", None)
+        self._signal = getattr(reason.value, "signal", None)
+        if self._timeoutCall is not None:
+            self._timeoutCall.cancel()
+            self._timeoutCall = None
+        if not self._finished and not self._paused:
+            self._startDrainWait()
+
+    def _startDrainWait(self) -> None:
+        if self._drainCall is None and not self._finished:
+            self._drainCall = self._clock.callLater(self._killGrace, self._drainExpired)
+
+    def _drainExpired(self) -> None:
+        self._drainCall = None
+        _log.warn(
+            "command {name!r} exited but its output is still open after "
+            "{grace} s: killing its process group",
+            name=self.name,
+            grace=self._killGrace,
+        )
+        self._terminating = True
+        self._discard = True
+        # If closing the pipes does not end the process promptly (a process
+        # outside the group holds stdin and a write is pending), finish
+        # anyway.
+        self._fallbackCall = self._clock.callLater(self._killGrace, self._finish)
+        self._killed = True
+        self.signal(_signal.SIGKILL)
+        if self._transport is not None:
+            self._transport.loseConnection()
+
+    def _processEnded(self, reason: Failure) -> None:
+        self._processExited(reason)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        if self._terminating and not self._killed and self._transport is not None:
+            # Stragglers that ignored TERM: the group id cannot have been
+            # reused while any of them is alive.
+            self._killed = True
+            self.signal(_signal.SIGKILL)
+        self._finished = True
+        self._endedAt = self._clock.seconds()
+        for name in ("_timeoutCall", "_killCall", "_drainCall", "_fallbackCall"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+        status = ExitStatus(self._code, self._signal, self._timedOut, self._truncated)
+        self.status = status
+        outputFinished = getattr(self._sink, "outputFinished", None)
+        if outputFinished is not None:
+            try:
+                outputFinished()
+            except Exception:
+                _log.failure("sink of command {name!r} failed", name=self.name)
+        _log.emit(
+            _exitLevel(status),
+            "command {name!r} {description} ({elapsed:.2f} s, {nbytes} bytes)",
+            name=self.name,
+            description=status.describe(),
+            elapsed=self.elapsed,
+            nbytes=self.outputBytes,
+            exitStatus=status,
+        )
+        self._sink = None
+        self.done.callback(status)
+
+
+def _exitLevel(status: ExitStatus) -> LogLevel:
+    if status.timedOut or status.truncated:
+        return LogLevel.warn
+    return LogLevel.info
+
+
+class CommandRunner:
+    """
+    Starts commands from a L{CommandDirectory}.
+
+    @param reactor: provides C{IReactorTime}, and C{IReactorProcess} unless
+        a C{spawn} function is given.
+    @param directory: a L{CommandDirectory} or its path.
+    @param timeout: default wall-clock limit in seconds (0: none).
+    @param maxOutput: cap on stdout plus stderr bytes delivered (0: none).
+    @param killGrace: seconds between TERM and KILL, and the bounded wait
+        for the output pipes to close after the command exits.
+    @param spawn: C{spawn(reactor, protocol, executable, args, environment,
+        path) -> IProcessTransport}; the default, L{spawnProcessGroup}, puts
+        each command in its own process group.  Tests pass
+        L{spawnWithReactor} and a fake process reactor.
+    @param environment: the commands' environment (default
+        L{COMMAND_ENVIRONMENT}).
+    @param maxRunning: refuse (code C{busy}) beyond this many running
+        commands (0: no limit).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        directory: Union[CommandDirectory, str, bytes],
+        timeout: float = 60,
+        maxOutput: int = 16 * MiB,
+        killGrace: float = 2,
+        *,
+        spawn: Optional[SpawnFunction] = None,
+        environment: Optional[Dict[str, str]] = None,
+        maxRunning: int = 0,
+    ) -> None:
+        if not IReactorTime.providedBy(reactor):
+            raise TypeError(f"{reactor!r} does not provide IReactorTime")
+        if spawn is None:
+            if not IReactorProcess.providedBy(reactor) or os.name != "posix":
+                raise TypeError(
+                    f"{reactor!r} is not a POSIX reactor providing IReactorProcess"
+                )
+            spawn = spawnProcessGroup
+        if not isinstance(directory, CommandDirectory):
+            directory = CommandDirectory(directory)
+        self.reactor = reactor
+        self.directory = directory
+        self.timeout = timeout
+        self.maxOutput = maxOutput
+        self.killGrace = killGrace
+        self.environment = dict(
+            COMMAND_ENVIRONMENT if environment is None else environment
+        )
+        self.maxRunning = maxRunning
+        self._spawn = spawn
+        self._running: Set[Execution] = set()
+
+    @property
+    def running(self) -> List[Execution]:
+        """
+        The executions whose C{done} has not fired yet.
+        """
+        return list(self._running)
+
+    def start(
+        self, name: Union[str, bytes], sink: Any, timeout: Optional[float] = None
+    ) -> Execution:
+        """
+        Start a command.
+
+        @param name: the command name (C{str} or ASCII C{bytes}).
+        @param sink: has C{stdoutReceived(data)} and C{stderrReceived(data)};
+            and optionally C{outputFinished()}, called once just before
+            C{done} fires (no output follows it).
+        @param timeout: overrides the runner's timeout (0: none).
+        @raise CommandRefused: the command was not started.
+        """
+        path = self.directory.resolve(name)
+        text = self.directory.checkName(name)
+        if self.maxRunning and len(self._running) >= self.maxRunning:
+            raise CommandRefused(
+                "busy",
+                f"command {text!r} refused: {len(self._running)} commands "
+                f"already running",
+            )
+        execution = Execution(
+            self.reactor,
+            text,
+            path,
+            sink,
+            timeout=self.timeout if timeout is None else timeout,
+            maxOutput=self.maxOutput,
+            killGrace=self.killGrace,
+        )
+        self._running.add(execution)
+        execution.done.addBoth(self._forget, execution)
+        argv = [os.path.join(self.directory.path, text)]
+        try:
+            self._spawn(
+                self.reactor,
+                _ExecutionProtocol(execution),
+                path,
+                argv,
+                dict(self.environment),
+                COMMAND_CWD,
+            )
+        except OSError as e:
+            self._running.discard(execution)
+            raise CommandRefused(
+                "not-executable",
+                f"command {text!r} could not be started: {e.strerror or e}",
+            ) from None
+        _log.debug(
+            "command {name!r} started, pid {pid}", name=text, pid=execution.pid
+        )
+        return execution
+
+    def _forget(self, result: Any, execution: Execution) -> Any:
+        self._running.discard(execution)
+        return result
+
+    def cancelAll(self) -> Deferred:
+        """
+        Cancel every running command.
+
+        @return: a Deferred firing when all of them are done.
+        """
+        executions = list(self._running)
+        for execution in executions:
+            execution.cancel()
+        return gatherResults([_chain(e.done) for e in executions])
+
+
+def _chain(d: Deferred) -> Deferred:
+    result: Deferred = Deferred()
+
+    def fire(value: Any) -> Any:
+        result.callback(value)
+        return value
+
+    d.addBoth(fire)
+    return result
