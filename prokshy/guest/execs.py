@@ -175,7 +175,7 @@ class ExecStreamProtocol(Protocol):
     def _finished(self, status):
         self.slots.release()
         if self._gone:
-            return
+            return status
         self.transport.unregisterProducer()
         self.transport.writeEof()
         self.transport.sendControl(

@@ -207,6 +207,9 @@ class LegacyHandler:
         self.clock = clock
         self.argWait = argWait
         self.consumer: Any = None
+        #: Called with no arguments whenever the handler becomes idle: no
+        #: command running, none waiting for its argument, no queued lines.
+        self.onIdle: Optional[Callable[[], Any]] = None
         self.current: Optional[Execution] = None
         self._sink: Optional[_LegacySink] = None
         self._throttle: Optional[_OutputThrottle] = None
@@ -292,6 +295,28 @@ class LegacyHandler:
                 self._process(item)
         finally:
             self._pumping = False
+        if self.idle and self.onIdle is not None:
+            self.onIdle()
+
+    @property
+    def idle(self) -> bool:
+        """
+        No command running, none waiting for its argument, no queued lines.
+        """
+        return self.current is None and self._pendingName is None and not self._queue
+
+    def flushPending(self) -> None:
+        """
+        The input has ended: a name still waiting for its argument line runs
+        now with empty data instead of after the wait.
+        """
+        if self._pendingName is not None and self.current is None and not self._queue:
+            name = self._pendingName
+            self._cancelPending()
+            self._run(name, b"")
+            self._pump()
+        elif self.idle and self.onIdle is not None:
+            self.onIdle()
 
     def _process(self, item: Union[bytes, object]) -> None:
         if item is _DISCARDED:
