@@ -6,6 +6,7 @@ L{prokshy.cli.legacy}, L{prokshy.cli.options} and L{prokshy.cli.main}.
 import errno
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -568,16 +569,23 @@ class OptionsTests(unittest.TestCase):
 
 class FakeGuest(protocol.Protocol):
     """
-    The guest end of a VM's console socket, for one request.
+    The guest end of a VM's console socket, for one request, behaving like
+    the original shell agent: lines that are not a valid command name (such
+    as the CLI's framed hello lines) are ignored; the first valid name line
+    and the line after it make the request.
 
-    Once it has received two lines it optionally echoes them like a FreeBSD
-    cooked tty (C{LF} becomes C{CR LF}), writes C{reply} (also with C{CR
-    LF} if C{tty}), and closes the connection if C{close} is set.
+    With C{tty}, every byte received is echoed at once as a FreeBSD cooked
+    tty does (C{LF} becomes C{CR LF}), hello lines included.  Then it writes
+    C{reply} (also with C{CR LF} if C{tty}) and closes the connection if
+    C{close} is set.  C{received} holds the request's two lines.
     """
+
+    _NAME = re.compile(rb"[a-zA-Z0-9_.-]+")
 
     def __init__(self, server):
         self.server = server
         self.received = b""
+        self._buffer = b""
         self.replied = False
 
     def connectionMade(self):
@@ -586,16 +594,25 @@ class FakeGuest(protocol.Protocol):
             self.transport.loseConnection()
 
     def dataReceived(self, data):
-        self.received += data
+        if self.server.tty:
+            self.transport.write(data.replace(b"\n", b"\r\n"))
+        self._buffer += data
+        while b"\n" in self._buffer and not self.replied:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            if not self.received:
+                if self._NAME.fullmatch(line):
+                    self.received = line + b"\n"
+                continue
+            self.received += line + b"\n"
+            self._reply()
+
+    def _reply(self):
         self.server.received = self.received
-        if self.replied or self.received.count(b"\n") < 2:
-            return
         self.replied = True
         if not self.server.requested.called:
             self.server.requested.callback(self.received)
         reply = self.server.reply
         if self.server.tty:
-            self.transport.write(self.received.replace(b"\n", b"\r\n"))
             reply = reply.replace(b"\n", b"\r\n")
         self.transport.write(reply)
         if self.server.close:
@@ -743,8 +760,9 @@ class IntegrationTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_droppedClient(self):
         """
-        A connection dropped at once (bhyve refusing a second client) ends
-        the run with code 0 and no output instead of spinning.
+        With C{--protocol legacy}, a connection dropped at once (bhyve
+        refusing a second client) ends the run with code 0 and no output
+        instead of spinning, as the original would if it did not spin.
         """
         factory = FakeGuestFactory(closeAtOnce=True)
         yield self.serve(factory)
@@ -752,10 +770,29 @@ class IntegrationTests(unittest.TestCase):
         out, err, code = yield self.runCLI(
             "--command", "sysinfo", "--from-string", "",
             "--socket-path", self.socketPath, "--timeout", "60",
+            "--protocol", "legacy",
         )
         self.assertEqual((out, err, code), (b"", b"", 0))
         self.assertEqual(factory.connections, 1)
         self.assertLess(time.monotonic() - started, 20)
+
+    @defer.inlineCallbacks
+    def test_droppedClientAuto(self):
+        """
+        In the default mode a connection dropped before any session is a
+        transport failure: exit 255 with one line naming the likely cause.
+        """
+        factory = FakeGuestFactory(closeAtOnce=True)
+        yield self.serve(factory)
+        out, err, code = yield self.runCLI(
+            "--command", "sysinfo", "--from-string", "",
+            "--socket-path", self.socketPath,
+        )
+        self.assertEqual((out, code), (b"", 255))
+        self.assertEqual(err.count(b"\n"), 1, err)
+        self.assertIn(b"closed before a session started", err)
+        self.assertIn(b"one client", err)
+        self.assertNotIn(b"Traceback", err)
 
     @defer.inlineCallbacks
     def test_missingSocket(self):

@@ -42,6 +42,12 @@ _REFUSAL_EXIT = {
 }
 
 
+_CLOSED_EARLY = (
+    "the connection closed before a session started; a VM's console socket "
+    "serves one client: is prokshy-host holding it?"
+)
+
+
 class CLIError(Exception):
     """
     An expected failure: a one-line message and an exit code.
@@ -97,6 +103,8 @@ class AutoChannel(Protocol):
         if not self.decided.called:
             if failure.check(SessionRefused):
                 failure = CLIError("refused: %s" % (failure.value,), EXIT_TRANSPORT)
+            elif failure.check(SessionEnded):
+                failure = CLIError(_CLOSED_EARLY, EXIT_TRANSPORT)
             self.decided.errback(failure)
 
     def _noAnswer(self, wait):
@@ -150,13 +158,7 @@ class AutoChannel(Protocol):
         else:
             self.host.connectionLost(reason)
         if not self.decided.called:
-            self.decided.errback(
-                CLIError(
-                    "the connection closed before a session started: %s"
-                    % (reason.getErrorMessage(),),
-                    EXIT_TRANSPORT,
-                )
-            )
+            self.decided.errback(CLIError(_CLOSED_EARLY, EXIT_TRANSPORT))
 
 
 @implementer(IPushProducer)
