@@ -175,6 +175,18 @@ class Sender:
         self.retransmits += len(out)
         return out
 
+    def probe(self, now, encode):
+        """
+        Re-encode the newest frame in flight that the peer does not hold,
+        or return None.
+        """
+        for item in reversed(self.unacked):
+            if not item.sacked:
+                item.sentAt = now
+                self.retransmits += 1
+                return encode(item)
+        return None
+
     def firstUnacked(self):
         return self.unacked[0].seq if self.unacked else None
 

@@ -145,6 +145,7 @@ class Link:
         self._helloCall = None
         self._pingCall = None
         self._rtoCall = None
+        self._probeCall = None
         self._lastHeard = clock.seconds()
         self._paused = False
         self._inWritable = False
@@ -188,7 +189,7 @@ class Link:
         """
         Cancel all timers; end the session if there is one.
         """
-        for name in ("_helloCall", "_pingCall", "_rtoCall"):
+        for name in ("_helloCall", "_pingCall", "_rtoCall", "_probeCall"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
@@ -391,11 +392,34 @@ class Link:
         self._cancelRto()
         if self.sender.unacked and self.state == "UP":
             self._rtoCall = self.clock.callLater(self._rto, self._rtoFired)
+            probe = self._probeDelay()
+            if probe < self._rto:
+                self._probeCall = self.clock.callLater(probe, self._probeFired)
 
     def _cancelRto(self):
-        if self._rtoCall is not None and self._rtoCall.active():
-            self._rtoCall.cancel()
-        self._rtoCall = None
+        for name in ("_rtoCall", "_probeCall"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+
+    def _probeDelay(self):
+        return max(2.5 * (self.rtt or 0.01), 0.01) + 0.005
+
+    def _probeFired(self):
+        """
+        Tail-loss probe: nothing was acknowledged for about two round trips,
+        so resend only the newest frame in flight.  If earlier frames were
+        lost, the peer's answer carries SACK ranges and the holes are
+        resent at once, long before the retransmission timer.
+        """
+        self._probeCall = None
+        if self.state != "UP":
+            return
+        wire = self.sender.probe(self.clock.seconds(), self._encodeOutgoing)
+        if wire is not None:
+            self.stats["retransmits"] = self.sender.retransmits
+            self._send(wire)
 
     def _rtoFired(self):
         self._rtoCall = None
