@@ -21,6 +21,7 @@ is refused with C{busy}.
 
 import os
 import platform
+import signal
 import socket
 import time
 from collections import deque
@@ -30,12 +31,16 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from prokshy._version import __version__
-from prokshy.guest.runner import CommandRefused
+from prokshy.guest.runner import CommandRefused, _signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
 from prokshy.streams.stream import StreamRefused
 from prokshy.wire import frames
 
 FEATURES = ("exec", "info", "signal", "stderr")
+_TERMINATING = frozenset(
+    getattr(signal, name)
+    for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM")
+)
 
 
 class Slots:
@@ -116,6 +121,7 @@ class ExecStreamProtocol(Protocol):
         self._stdin = deque()
         self._stdinClosed = False
         self._gone = False
+        self._pendingSignals = []
 
     def connectionMade(self):
         # Hold stdin back (no credit granted) until the command runs.
@@ -139,6 +145,9 @@ class ExecStreamProtocol(Protocol):
         self.transport.registerProducer(ex, True)
         ex.registerStdinProducer(_StdinThrottle(self.transport), True)
         ex.done.addCallback(self._finished)
+        for number in self._pendingSignals:
+            ex.signal(number)
+        self._pendingSignals = []
         while self._stdin:
             ex.writeStdin(self._stdin.popleft())
         if self._stdinClosed:
@@ -159,11 +168,40 @@ class ExecStreamProtocol(Protocol):
 
     def signalReceived(self, obj):
         sig = obj.get("signal")
-        if self.execution is not None and isinstance(sig, (str, int)):
-            try:
-                self.execution.signal(sig)
-            except (ValueError, KeyError):
-                self.log.info("ignored unknown signal {sig!r}", sig=sig)
+        if not isinstance(sig, (str, int)) or isinstance(sig, bool):
+            return
+        if self.execution is None:
+            self._signalWhileWaiting(sig)
+            return
+        try:
+            self.execution.signal(sig)
+        except (ValueError, KeyError):
+            self.log.info("ignored unknown signal {sig!r}", sig=sig)
+
+    def _signalWhileWaiting(self, sig):
+        """
+        A signal for a command still waiting for a slot: a terminating
+        signal cancels it (it ends as if killed by that signal, without
+        running); any other is delivered when it starts.
+        """
+        try:
+            number = _signalNumber(sig)
+        except (ValueError, KeyError):
+            self.log.info("ignored unknown signal {sig!r}", sig=sig)
+            return
+        if number not in _TERMINATING:
+            self._pendingSignals.append(number)
+            return
+        if self._slot is not None:
+            slot, self._slot = self._slot, None
+            slot.cancel()
+        self._gone = True
+        self.transport.resumeProducing()
+        self.transport.writeEof()
+        self.transport.sendControl(
+            frames.EXIT, {"code": None, "signal": number, "timed_out": False, "truncated": False}
+        )
+        self.transport.loseConnection()
 
     # output from the command (the runner's sink)
     def stdoutReceived(self, data):
@@ -177,6 +215,10 @@ class ExecStreamProtocol(Protocol):
         if self._gone:
             return status
         self.transport.unregisterProducer()
+        # The command may have left stdin unread, with the stdin pipe having
+        # paused the stream: resume, so the host's EOF and CLOSE get through
+        # (leftover stdin is dropped: the command is gone).
+        self.transport.resumeProducing()
         self.transport.writeEof()
         self.transport.sendControl(
             frames.EXIT,

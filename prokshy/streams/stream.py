@@ -18,7 +18,8 @@ Half-close table (each side independently)::
 Outgoing: DATA and STDERR payload bytes spend the peer's credit; a write
 beyond it is buffered, and a registered producer is paused while more than
 C{highWater} bytes wait.  Control frames (EOF, EXIT, CLOSE, SIGNAL) queue
-behind data so their order is kept.
+behind data so their order is kept.  On the receiving side SIGNAL is the
+exception: it is delivered on arrival, even while the stream is paused.
 
 Incoming: the peer may send at most the window we granted.  Credit is granted
 back (WINDOW) only when data has been handed to the protocol while the stream
@@ -303,6 +304,11 @@ class Stream:
             self.bytesIn += n
         elif ftype == frames.CLOSE:
             self._closeReceived = True
+        elif ftype == frames.SIGNAL:
+            # Signals are not data: they reach the protocol at once, even
+            # while it holds its input back (a command waiting for a slot).
+            self._deliver(frame)
+            return
         self._inbuf.append(frame)
         self._drainInput()
 

@@ -60,7 +60,7 @@ class Options(usage.Options):
         """
         if not self["listen"]:
             raise usage.UsageError("--legacy-vm must follow the --listen it applies to")
-        self["legacy-vm"].append((self["listen"][-1], name))
+        self["legacy-vm"].append((len(self["listen"]) - 1, name))
 
     def postOptions(self):
         if not self["listen"]:
@@ -71,7 +71,7 @@ class Options(usage.Options):
             self["vms"] = {"default": self["socket-path"]}
         if not self["vms"]:
             raise usage.UsageError("no VM: give --vm NAME=SOCKET_PATH or --socket-path PATH")
-        for listen, name in self["legacy-vm"]:
+        for _, name in self["legacy-vm"]:
             if name not in self["vms"]:
                 raise usage.UsageError("--legacy-vm %r: no such vm" % (name,))
         self["token"] = None
@@ -112,10 +112,8 @@ def makeService(options, reactor=None):
         vm.service.setServiceParent(top)
         vms[name] = vm
     legacy = {}
-    for listen, name in options["legacy-vm"]:
-        for policy in options["policies"]:
-            if policy.description.startswith(listen):
-                legacy[policy.description] = name
+    for index, name in options["legacy-vm"]:
+        legacy[options["policies"][index].description] = name
     daemon = Daemon(reactor, vms, token=options["token"], legacyVMs=legacy, linger=options["legacy-linger"])
     top.daemon = daemon
     for policy in options["policies"]:
