@@ -340,6 +340,8 @@ class Link:
         self._handleAck(frame)
         if frame.sequenced:
             self._ackOwed = True
+            # Acknowledge even a duplicate: it means our last ACK was lost.
+            self._lastAckSent = None
             for ready in self.receiver.accept(frame):
                 if self.state != "UP":
                     return

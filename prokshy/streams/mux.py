@@ -198,7 +198,8 @@ class Mux:
             self._refuse(sid, "bad-id", "stream id of the wrong parity")
             return
         if sid in self.streams:
-            self._refuse(sid, "bad-id", "stream id in use")
+            # A REFUSE would reach the peer's live stream of that id: ignore.
+            self.log.warn("ignored a second OPEN for stream {sid}", sid=sid)
             return
         try:
             args = decodeJSON(frame.payload)

@@ -124,6 +124,8 @@ class Stream:
         self._eofSent = False
         self._closeSent = False
         self._producer = None
+        self._streaming = True
+        self._pulling = False
         self._producerPaused = False
         # incoming
         self._window = window
@@ -218,15 +220,18 @@ class Stream:
 
     def registerProducer(self, producer, streaming):
         self._producer = producer
+        self._streaming = streaming
         self._producerPaused = False
-        if self._outBytes > self.highWater:
+        if not streaming:
+            self._pull()
+        elif self._outBytes > self.highWater:
             self._pauseProducer()
 
     def unregisterProducer(self):
         self._producer = None
 
     def _pauseProducer(self):
-        if self._producer is not None and not self._producerPaused:
+        if self._producer is not None and self._streaming and not self._producerPaused:
             self._producerPaused = True
             self._producer.pauseProducing()
 
@@ -284,6 +289,29 @@ class Stream:
             self._pauseProducer()
         elif self._outBytes <= self.highWater // 2:
             self._resumeProducer()
+            self._pull()
+        self._maybeFinish()
+
+    def _pull(self):
+        """
+        Ask a pull (non-streaming) producer for more while there is room.
+        """
+        if self._pulling:
+            return
+        self._pulling = True
+        try:
+            while (
+                self._producer is not None
+                and not self._streaming
+                and not self._ended
+                and self._outBytes <= self.highWater // 2
+            ):
+                before = self.bytesOut + self._outBytes
+                self._producer.resumeProducing()
+                if self.bytesOut + self._outBytes == before:
+                    break
+        finally:
+            self._pulling = False
 
     def _granted(self, n):
         self._credit += n

@@ -92,6 +92,45 @@ class ChannelDecoder:
         if raw:
             out.extend(self.frames.feed(unescape(raw)))
 
+    def _helloBytes(self, data, pos, out):
+        """
+        Collect a hello line while the bytes still fit one (the prefix, then
+        printable ASCII or CR, at most MAX_HELLO); on the first byte that does not,
+        hand everything back to the frame decoder, so that damage which
+        looks like the start of a hello line costs no frames.
+        """
+        line = self._line
+        prefix = HELLO_PREFIX
+        n = len(data)
+        i = pos
+        while i < n:
+            b = data[i]
+            if b == 0x0A:
+                break
+            k = len(line)
+            if k >= MAX_HELLO - 2:
+                break
+            if k < len(prefix):
+                if b != prefix[k]:
+                    break
+            elif not (0x20 <= b <= 0x7E or b == 0x0D):
+                break
+            line.append(b)
+            i += 1
+        if i == n:
+            return n
+        self._line = bytearray()
+        if data[i] == 0x0A:
+            self._state = self._AFTER_LF
+            try:
+                out.append(parseHello(bytes(line)))
+            except HelloError:
+                self._garbage(len(line) + 1)
+            return i + 1
+        self._state = self._FRAMES
+        self._frameBytes(bytes(line), out)
+        return i
+
     def _garbage(self, n):
         if n:
             self.frames.skipped += n
@@ -126,23 +165,5 @@ class ChannelDecoder:
                 else:
                     self._state = self._FRAMES
             else:
-                lf = data.find(b"\n", pos)
-                end = n if lf < 0 else lf
-                self._line += data[pos:end]
-                if len(self._line) > MAX_HELLO:
-                    self._garbage(len(self._line))
-                    self._line = bytearray()
-                    self._state = self._FRAMES
-                    pos = end
-                    continue
-                if lf < 0:
-                    break
-                pos = lf + 1
-                line = bytes(self._line)
-                self._line = bytearray()
-                self._state = self._AFTER_LF
-                try:
-                    out.append(parseHello(line))
-                except HelloError:
-                    self._garbage(len(line) + 1)
+                pos = self._helloBytes(data, pos, out)
         return out
