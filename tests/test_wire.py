@@ -537,6 +537,32 @@ class ChannelDecoderTests(unittest.SynchronousTestCase):
             out += decoder.feed(wire[i : i + 1])
         self.assertEqual(out, [frame])
 
+    def test_truncatedFrameDroppedAtLineFeed(self):
+        """
+        A frame truncated mid-payload (a connection cut) does not swallow the
+        short frames after it: the next LF proves it cannot complete, so a
+        PING sent as LF + frame (as the link sends them) decodes at once.
+        """
+        big = encodeFrame(Frame(frames.DATA, 1, b"x" * 3000, seq=4, tag=9))
+        ping = Frame(frames.PING, payload=b"p" * 16, tag=9)
+        decoder = ChannelDecoder()
+        self.assertEqual(decoder.feed(big[:1000]), [])
+        self.assertEqual(decoder.feed(b"\n" + encodeFrame(ping)), [ping])
+        self.assertEqual(decoder.frames.buffered, 0)
+        self.assertGreaterEqual(decoder.skipped, 1000)
+
+    def test_truncatedFrameWithoutLineFeedWaits(self):
+        """
+        Without an LF the decoder cannot know the frame was cut short, and
+        takes the following bytes as its remainder (the CRC then rejects it
+        and the decoder resynchronises).
+        """
+        big = encodeFrame(Frame(frames.DATA, 1, b"x" * 3000, seq=4, tag=9))
+        ping = Frame(frames.PING, payload=b"p" * 16, tag=9)
+        decoder = ChannelDecoder()
+        decoder.feed(big[:1000])
+        self.assertEqual(decoder.feed(encodeFrame(ping)), [])
+
     def test_garbageLineFeeds(self):
         """
         Stray LFs (blank lines, a cooked tty's CRLF) around hellos and frames

@@ -597,7 +597,8 @@ class Link:
             else:
                 self._pingSeq += 1
                 self._pingSent = {self._pingSeq: now}
-                self._send(self._encode(frames.PING, 0, _PING.pack(self._pingSeq, now)))
+                # The LF makes the peer drop any truncated frame it holds.
+                self._send(b"\n" + self._encode(frames.PING, 0, _PING.pack(self._pingSeq, now)))
                 if self.role == "host" and silent >= self.config.probeAfter:
                     self._sendHello()
         self._schedulePing()

@@ -3,6 +3,11 @@
 The channel codec: the raw byte stream of a framed channel carries escaped
 frames and hello lines, and nothing else.
 
+Escaped frames never contain LF, so an LF also tells the decoder that any
+partly received frame was truncated: it is dropped at once instead of
+swallowing the frames after it.  Senders put an LF before every PING, so a
+truncated frame never holds up a session for longer than a ping interval.
+
 A hello line is::
 
     LF 0xFF "PROKSHY" SP <JSON object, ASCII only> LF
@@ -153,6 +158,10 @@ class ChannelDecoder:
                     self._frameBytes(data[pos:], out)
                     break
                 self._frameBytes(data[pos:lf], out)
+                # Escaped frames never contain LF: whatever partial frame is
+                # buffered was truncated (lost bytes, a cut connection).
+                self._heldEsc = b""
+                self.frames.discardPartial()
                 self._state = self._AFTER_LF
                 pos = lf + 1
             elif self._state == self._AFTER_LF:

@@ -259,6 +259,14 @@ class FrameDecoder:
             out.append(Frame(ftype, stream, payload, seq, ack, tag, flags))
         return out
 
+    def discardPartial(self):
+        """
+        Drop a partly received frame: the caller knows it cannot complete
+        (an LF was seen, and escaped frames never contain one).
+        """
+        self._skip(len(self._buf))
+        self._hunting = False
+
     @property
     def buffered(self):
         """
