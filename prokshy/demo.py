@@ -12,7 +12,6 @@ tour itself and exits 0 only if every step succeeded.
 import argparse
 import os
 import shutil
-import signal
 import socket
 import stat
 import sys
@@ -301,4 +300,3 @@ async def _run(reactor, args, port):
 if __name__ == "__main__":
     main()
 
-_ = signal

@@ -8,7 +8,6 @@ import configparser
 import importlib.machinery
 import importlib.util
 import os
-import re
 import shlex
 import shutil
 import socket

@@ -504,7 +504,7 @@ class LegacyCoexistenceTests(FramedTestMixin, TestCase):
         """
         rig = Rig(self)
         rig.startSim()
-        agent = yield rig.startAgent()
+        yield rig.startAgent()
         received = yield rig.legacyExchange(b"cat hello, original protocol\n", b"protocol")
         self.assertEqual(received, b"hello, original protocol")
         host = yield rig.connectHost()

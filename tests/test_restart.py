@@ -196,7 +196,7 @@ class HostRestartTests(RestartTestMixin, TestCase):
         commands are killed without waiting for C{--dead-after}.
         """
         rig = self.rig()
-        agent = yield rig.startAgent("--ping-interval", "1", "--dead-after", "30")
+        yield rig.startAgent("--ping-interval", "1", "--dead-after", "30")
         host = yield rig.connectHost()
         running, pid, out = yield self.startTicker(host.session)
         host.link.goodbye("test over")
