@@ -177,7 +177,8 @@ class GuestOptionsTests(SynchronousTestCase):
         devices = [s for s in top if isinstance(s, DeviceService)]
         self.assertEqual(len(devices), 1)
         self.assertEqual(devices[0].path, "/dev/x")
-        self.assertEqual(len(list(top)), 2)
+        # The command cleanup, the device, and the goodbye on stop.
+        self.assertEqual(len(list(top)), 3)
         self.assertFalse(top.running)
 
 
@@ -274,8 +275,8 @@ class HostOptionsTests(SynchronousTestCase):
         self.assertEqual(
             top.daemon.legacyVMs,
             {
-                "unix:/run/a:mode=600:lockfile=1": "db",
-                "tcp:700:interface=127.0.0.1": "db",
+                "unix:/run/a:backlog=1024:mode=600:lockfile=1": "db",
+                "tcp:700:interface=127.0.0.1:backlog=1024": "db",
             },
         )
 
@@ -344,8 +345,8 @@ class HostOptionsTests(SynchronousTestCase):
 
     def test_unixDefaults(self):
         """
-        Unix listeners get C{mode=600} and C{lockfile=1} unless they say
-        otherwise.
+        Unix listeners get C{backlog=1024}, C{mode=600} and C{lockfile=1}
+        unless they say otherwise.
         """
         options = self.parse(
             "--listen", "unix:/run/a.sock",
@@ -357,9 +358,9 @@ class HostOptionsTests(SynchronousTestCase):
         self.assertEqual(
             descriptions,
             [
-                "unix:/run/a.sock:mode=600:lockfile=1",
-                "unix:/run/b.sock:mode=660:lockfile=1",
-                "unix:/run/c.sock:lockfile=0:mode=600",
+                "unix:/run/a.sock:backlog=1024:mode=600:lockfile=1",
+                "unix:/run/b.sock:mode=660:backlog=1024:lockfile=1",
+                "unix:/run/c.sock:lockfile=0:backlog=1024:mode=600",
             ],
         )
         for policy in options["policies"]:

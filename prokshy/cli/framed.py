@@ -459,9 +459,12 @@ class FramedRun:
         self.stdout.write(json.dumps(record, sort_keys=True).encode() + b"\n")
         self.stdout.flush()
 
-    def interrupt(self):
+    def interrupt(self, channel):
         """
         Ctrl-C: cancel remote commands and end the session cleanly.
+
+        @return: a Deferred firing once the connection is closed (at most
+            a second later), so the RESETs and GOODBYE leave before exit.
         """
         for running in self.running:
             try:
@@ -470,6 +473,7 @@ class FramedRun:
                 pass
         if self.host.link is not None:
             self.host.link.goodbye("client interrupted")
+        return channel.close(timeout=1.0)
 
 
 def _failure(e):

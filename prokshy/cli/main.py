@@ -23,7 +23,7 @@ import os
 import sys
 
 from twisted.internet import error, task
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, clientFromString
 from twisted.internet.protocol import Factory
 
@@ -133,7 +133,7 @@ async def _runFramed(reactor, options, output, errors, current):
         return await proto.done
     framed = FramedRun(reactor, proto, options, output, errors)
     if current is not None:
-        current.append(framed)
+        current.append((framed, channel))
     try:
         code = await framed.run()
     except CLIError as e:
@@ -179,9 +179,10 @@ def _main(reactor, options):
     def interrupted():
         # The reactor is stopping before the exchange ended: a signal.
         if not result.called:
-            for framed in current:
-                framed.interrupt()
+            closing = [framed.interrupt(channel) for framed, channel in current]
             result.errback(SystemExit(EXIT_INTERRUPTED))
+            if closing:
+                return DeferredList(closing)
 
     reactor.addSystemEventTrigger("before", "shutdown", interrupted)
 

@@ -207,6 +207,7 @@ class LegacyHandler:
         self.clock = clock
         self.argWait = argWait
         self.consumer: Any = None
+        self._inputEnded = False
         #: Called with no arguments whenever the handler becomes idle: no
         #: command running, none waiting for its argument, no queued lines.
         self.onIdle: Optional[Callable[[], Any]] = None
@@ -310,6 +311,7 @@ class LegacyHandler:
         The input has ended: a name still waiting for its argument line runs
         now with empty data instead of after the wait.
         """
+        self._inputEnded = True
         if self._pendingName is not None and self.current is None and not self._queue:
             name = self._pendingName
             self._cancelPending()
@@ -345,6 +347,9 @@ class LegacyHandler:
             return
         if sep:
             self._run(name, data)
+        elif self._inputEnded and not self._queue:
+            # No argument line can come any more: run it now.
+            self._run(name, b"")
         else:
             self._pendingName = name
             self._argCall = self.clock.callLater(self.argWait, self._argTimeout)

@@ -141,6 +141,7 @@ class LegacyClient(GuestLineProtocol):
         self.handler.onIdle = self._idle
         self._closeCall = None
         self._inputDone = False
+        self._gone = False
 
     def _unavailable(self, message):
         if self.transport is not None:
@@ -156,6 +157,8 @@ class LegacyClient(GuestLineProtocol):
         return None
 
     def _idle(self):
+        if self._gone:
+            return
         if self._closeCall is None or not self._closeCall.active():
             delay = 0 if self._inputDone else self.daemon.linger
             self._closeCall = self.daemon.reactor.callLater(delay, self.transport.loseConnection)
@@ -173,10 +176,11 @@ class LegacyClient(GuestLineProtocol):
         pass
 
     def connectionLost(self, reason=None):
-        if self._closeCall is not None and self._closeCall.active():
-            self._closeCall.cancel()
+        self._gone = True
         current = self.handler.current
         if current is not None and not current.finished:
             self.log.info("legacy client went away: cancelling {name!r}", name=current.name)
             current.cancel()
+        if self._closeCall is not None and self._closeCall.active():
+            self._closeCall.cancel()
         GuestLineProtocol.connectionLost(self, reason)

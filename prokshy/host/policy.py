@@ -12,7 +12,9 @@ string before anything listens.
 
 Unix sockets get C{mode=600} and C{lockfile=1} unless the string says
 otherwise: only the owner may connect, and a stale socket left by a crashed
-daemon is replaced at start.
+daemon is replaced at start.  Every listener gets C{backlog=1024} unless
+given one: with Twisted's default of 50, a burst of clients connecting to a
+unix socket at once is refused.
 """
 
 import ipaddress
@@ -75,6 +77,9 @@ def listenerPolicy(description, haveToken):
     parts = _split(description)
     kind = parts[0].lower()
     keys = {p.split("=", 1)[0] for p in parts[1:] if "=" in p}
+    if "backlog" not in keys and kind in ("unix", "tcp", "tcp6", "ssl"):
+        # Twisted's default of 50 makes a burst of unix connects fail at once.
+        description += ":backlog=1024"
     if kind == "unix":
         if "mode" not in keys:
             description += ":mode=600"

@@ -58,6 +58,7 @@ class FramedClient(Protocol):
         self.mux.authorize = self._authorize
         self.mux.whenDown(self._down)
         self.link = None
+        self._closeCall = None
 
     def connectionMade(self):
         config = LinkConfig(
@@ -76,7 +77,8 @@ class FramedClient(Protocol):
         given = hello.get("auth")
         if isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode()):
             return None
-        self.daemon.reactor.callLater(0.1, self.transport.loseConnection)
+        if self._closeCall is None:
+            self._closeCall = self.daemon.reactor.callLater(0.1, self.transport.loseConnection)
         return "authentication required: a valid token (--auth-token-file)"
 
     def dataReceived(self, data):
@@ -88,6 +90,8 @@ class FramedClient(Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
+        if self._closeCall is not None and self._closeCall.active():
+            self._closeCall.cancel()
         if self.link is not None:
             self.link.stop("client went away")
 

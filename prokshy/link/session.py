@@ -146,6 +146,7 @@ class Link:
         self._pingCall = None
         self._rtoCall = None
         self._probeCall = None
+        self._probeWatch = None
         self._lastHeard = clock.seconds()
         self._paused = False
         self._inWritable = False
@@ -183,13 +184,14 @@ class Link:
         self._lastHeard = self.clock.seconds()
         if self.role == "host":
             self._startHandshake()
+            self._scheduleProbe()
         self._schedulePing()
 
     def stop(self, reason="stopped"):
         """
         Cancel all timers; end the session if there is one.
         """
-        for name in ("_helloCall", "_pingCall", "_rtoCall", "_probeCall"):
+        for name in ("_helloCall", "_pingCall", "_rtoCall", "_probeCall", "_probeWatch"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
@@ -599,9 +601,23 @@ class Link:
                 self._pingSent = {self._pingSeq: now}
                 # The LF makes the peer drop any truncated frame it holds.
                 self._send(b"\n" + self._encode(frames.PING, 0, _PING.pack(self._pingSeq, now)))
-                if self.role == "host" and silent >= self.config.probeAfter:
-                    self._sendHello()
         self._schedulePing()
+
+    def _scheduleProbe(self):
+        self._probeWatch = self.clock.callLater(self.config.helloInterval, self._probeTick)
+
+    def _probeTick(self):
+        """
+        Host: while the session is up but the guest has been silent for
+        C{probeAfter}, send our hello again every C{helloInterval}: a
+        restarted guest answers it with a new nonce.
+        """
+        self._probeWatch = None
+        if self.state == "STOPPED":
+            return
+        if self.state == "UP" and self.clock.seconds() - self._lastHeard >= self.config.probeAfter:
+            self._sendHello()
+        self._scheduleProbe()
 
     def _pongReceived(self, payload):
         if len(payload) != _PING.size:
