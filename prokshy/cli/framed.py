@@ -12,6 +12,7 @@ import stat
 
 from twisted.internet import fdesc
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
@@ -78,6 +79,7 @@ class AutoChannel(Protocol):
         self.decided = Deferred()
         self.closed = Deferred()
         self._timer = None
+        self._lostReason = None
 
     def connectionMade(self):
         self.host.makeConnection(self.transport)
@@ -104,7 +106,7 @@ class AutoChannel(Protocol):
             if failure.check(SessionRefused):
                 failure = CLIError("refused: %s" % (failure.value,), EXIT_TRANSPORT)
             elif failure.check(SessionEnded):
-                failure = CLIError(_CLOSED_EARLY, EXIT_TRANSPORT)
+                failure = CLIError(self._closedMessage(), EXIT_TRANSPORT)
             self.decided.errback(failure)
 
     def _noAnswer(self, wait):
@@ -150,6 +152,7 @@ class AutoChannel(Protocol):
         return self.closed
 
     def connectionLost(self, reason):
+        self._lostReason = reason
         self._cancelTimer()
         if not self.closed.called:
             self.closed.callback(None)
@@ -158,7 +161,16 @@ class AutoChannel(Protocol):
         else:
             self.host.connectionLost(reason)
         if not self.decided.called:
-            self.decided.errback(CLIError(_CLOSED_EARLY, EXIT_TRANSPORT))
+            self.decided.errback(CLIError(self._closedMessage(), EXIT_TRANSPORT))
+
+    def _closedMessage(self):
+        reason = self._lostReason
+        if reason is None or reason.check(ConnectionDone, ConnectionLost):
+            return _CLOSED_EARLY
+        # A TLS handshake refused, a reset: say what it was.
+        return "the connection was lost before a session started: %s" % (
+            reason.getErrorMessage(),
+        )
 
 
 @implementer(IPushProducer)

@@ -7,8 +7,13 @@ string before anything listens.
     -------------------------------  ----------------  ----------------------
     unix:PATH                        yes               no (file mode guards it)
     tcp/ssl on a loopback interface  yes               no
-    tcp/ssl on any other interface   no                yes: refuses to start
-                                                       without --auth-token-file
+    ssl on any other interface,      no                no: the client
+      with --tls-ca                                    certificate authenticates
+    tcp (or ssl without --tls-ca)    no                yes: refuses to start
+      on any other interface                           without --auth-token-file
+
+With C{--tls-ca}, every C{ssl:} listener (loopback ones too) requires a
+client certificate signed by one of its CAs (see L{prokshy.host.tls}).
 
 Unix sockets get C{mode=600} and C{lockfile=1} unless the string says
 otherwise: only the owner may connect, and a stale socket left by a crashed
@@ -65,14 +70,19 @@ def _isLoopback(interface):
         return False
 
 
-def listenerPolicy(description, haveToken):
+def listenerPolicy(description, haveToken, haveClientCA=False):
     """
     Decide the policy for a server endpoint string, and fill in safe
     defaults for unix sockets.
 
+    @param haveToken: whether C{--auth-token-file} is configured.
+    @param haveClientCA: whether C{--tls-ca} is configured: C{ssl:}
+        listeners then require client certificates, which authenticate
+        clients in place of the token.
     @return: a L{ListenerPolicy} whose C{description} is the string to
         listen on.
-    @raise PolicyError: for a non-loopback listener without a token.
+    @raise PolicyError: for a non-loopback listener authenticated neither
+        by a token nor (C{ssl:} only) by client certificates.
     """
     parts = _split(description)
     kind = parts[0].lower()
@@ -93,9 +103,13 @@ def listenerPolicy(description, haveToken):
     loopback = kind in ("tcp", "tcp6", "ssl") and interface is not None and _isLoopback(interface)
     if loopback:
         return ListenerPolicy(description, local=True, legacy=True, requireToken=False)
+    if kind == "ssl" and haveClientCA:
+        # Client certificates authenticate every connection: no token needed.
+        return ListenerPolicy(description, local=False, legacy=False, requireToken=False)
     if not haveToken:
         raise PolicyError(
-            "listener %r is not loopback: it needs --auth-token-file "
-            "(or use interface=127.0.0.1, or a unix socket)" % (description,)
+            "listener %r is not loopback: it needs --auth-token-file%s "
+            "(or use interface=127.0.0.1, or a unix socket)"
+            % (description, " or --tls-ca" if kind == "ssl" else "")
         )
     return ListenerPolicy(description, local=False, legacy=False, requireToken=True)

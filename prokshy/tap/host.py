@@ -4,6 +4,7 @@ C{twistd prokshy-host}: Options and makeService for the host daemon.
 
     twistd [-n] prokshy-host --listen ENDPOINT [--listen ENDPOINT ...]
                              (--vm NAME=SOCKET_PATH [--vm ...] | --socket-path SOCKET_PATH)
+                             [--tls-ca FILE]
 """
 
 import re
@@ -20,12 +21,16 @@ class Options(usage.Options):
         "it among many clients: the prokshy CLI (framed protocol), the original "
         "CLI and nc (line protocol). --listen takes Twisted endpoint strings "
         "(tcp:7000:interface=127.0.0.1, unix:/var/run/prokshy.sock:mode=660, "
-        "ssl:...). A listener that is not loopback or unix needs --auth-token-file."
+        "ssl:...). A listener that is not loopback or unix needs --auth-token-file, "
+        "or, for ssl: listeners, --tls-ca (client certificates)."
     )
     optParameters = [
         ["socket-path", "s", None, "A single VM's console socket (the VM is named 'default')."],
         ["auth-token-file", None, None,
          "File holding the token framed clients must present on non-loopback listeners."],
+        ["tls-ca", None, None,
+         ("PEM file of CA certificates: every ssl: listener then requires a client "
+          "certificate signed by one of them (and needs no token).")],
         ["legacy-linger", None, 1.5,
          "Seconds after a legacy command's output ends before the connection is closed.", float],
     ]
@@ -86,12 +91,42 @@ class Options(usage.Options):
             self["token"] = token
         from prokshy.host.policy import PolicyError, listenerPolicy
 
+        haveCA = self["tls-ca"] is not None
         self["policies"] = []
         for description in self["listen"]:
             try:
-                self["policies"].append(listenerPolicy(description, self["token"] is not None))
+                self["policies"].append(listenerPolicy(description, self["token"] is not None, haveCA))
             except PolicyError as e:
                 raise usage.UsageError(str(e))
+        self["tls"] = self._clientCertificateListeners() if haveCA else {}
+
+    def _clientCertificateListeners(self):
+        """
+        With --tls-ca: for every ssl: listener, its parsed description and
+        a context factory requiring client certificates.
+
+        @return: listener index to C{(params, contextFactory)}.
+        """
+        from prokshy.host import tls
+
+        try:
+            tls.loadCertificates(self["tls-ca"], "--tls-ca file")
+            result = {}
+            for index, policy in enumerate(self["policies"]):
+                if policy.description.split(":", 1)[0].lower() != "ssl":
+                    continue
+                params = tls.parseSSLDescription(policy.description)
+                contextFactory = tls.serverContextFactory(
+                    params["privateKey"],
+                    params["certKey"],
+                    self["tls-ca"],
+                    extraCertChain=params["extraCertChain"],
+                    dhParameters=params["dhParameters"],
+                )
+                result[index] = (params, contextFactory)
+        except tls.TLSConfigError as e:
+            raise usage.UsageError(str(e))
+        return result
 
 
 def makeService(options, reactor=None):
@@ -101,6 +136,8 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     from twisted.application import service, strports
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.endpoints import serverFromString
 
     from prokshy.host.server import ClientFactory, Daemon
     from prokshy.host.vm import VMConnection
@@ -116,6 +153,23 @@ def makeService(options, reactor=None):
         legacy[options["policies"][index].description] = name
     daemon = Daemon(reactor, vms, token=options["token"], legacyVMs=legacy, linger=options["legacy-linger"])
     top.daemon = daemon
-    for policy in options["policies"]:
-        strports.service(policy.description, ClientFactory(daemon, policy), reactor=reactor).setServiceParent(top)
+    tlsListeners = options.get("tls", {})
+    for index, policy in enumerate(options["policies"]):
+        factory = ClientFactory(daemon, policy)
+        if index in tlsListeners:
+            # ssl: with --tls-ca: TLS requiring client certificates over a
+            # plain TCP listener (Twisted's ssl: string cannot verify them).
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            from prokshy.host.tls import tcpDescription
+
+            params, contextFactory = tlsListeners[index]
+            svc = StreamServerEndpointService(
+                serverFromString(reactor, tcpDescription(params)),
+                TLSMemoryBIOFactory(contextFactory, False, factory),
+            )
+            svc._raiseSynchronously = True  # as strports.service does
+        else:
+            svc = strports.service(policy.description, factory, reactor=reactor)
+        svc.setServiceParent(top)
     return top

@@ -1,0 +1,218 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+TLS client certificates for the host daemon's C{ssl:} listeners.
+
+Twisted's C{ssl:} server endpoint string cannot ask for, or verify, client
+certificates.  With C{--tls-ca FILE}, C{prokshy-host} therefore builds its
+C{ssl:} listeners itself: L{parseSSLDescription} reads the endpoint string
+(the same keys and defaults as Twisted's C{ssl:} parser, minus
+C{sslmethod}), and L{serverContextFactory} makes a context factory that
+requires a client certificate signed by one of the CAs in C{FILE}; a client
+without one fails the handshake.  The daemon then listens with
+C{tcp:PORT:interface=...:backlog=...} and wraps its factory in a
+L{twisted.protocols.tls.TLSMemoryBIOFactory}.
+
+Everything here needs pyOpenSSL (C{pip install prokshy[tls]}, which is
+C{twisted[tls]}); it is imported only when used.
+"""
+
+import re
+
+_KNOWN_KEYS = ("port", "privateKey", "certKey", "interface", "backlog", "extraCertChain", "dhParameters")
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL)
+
+
+class TLSConfigError(ValueError):
+    """
+    A TLS setting (an C{ssl:} description, a key, a certificate, a CA file)
+    that cannot be used.  The message says which and why, in one line.
+    """
+
+
+def _tokens(description):
+    """
+    Split an endpoint string like Twisted does: on unescaped C{:}, each part
+    either C{key=value} (on its first unescaped C{=}) or positional; a
+    backslash escapes the next character.
+
+    @return: a list of C{(key or None, value)}.
+    """
+    parts = []
+    key = None
+    cur = []
+    chars = iter(description)
+    for ch in chars:
+        if ch == "\\":
+            cur.append(next(chars, ""))
+        elif ch == ":":
+            parts.append((key, "".join(cur)))
+            key, cur = None, []
+        elif ch == "=" and key is None:
+            key, cur = "".join(cur), []
+        else:
+            cur.append(ch)
+    parts.append((key, "".join(cur)))
+    return parts
+
+
+def parseSSLDescription(description):
+    """
+    Parse an C{ssl:} server endpoint string.
+
+    @return: a dict with C{port} (int), C{interface} (str, C{""} for every
+        IPv4 interface), C{backlog} (int), C{privateKey} (default
+        C{server.pem}), C{certKey} (default: C{privateKey}),
+        C{extraCertChain} and C{dhParameters} (paths or None).
+    @raise TLSConfigError: for another endpoint type, a missing or bad
+        port, or a key this daemon does not support (C{sslmethod}
+        included: TLS versions are Twisted's defaults).
+    """
+    tokens = _tokens(description)
+    kind = tokens[0]
+    if kind[0] is not None or kind[1].lower() != "ssl":
+        raise TLSConfigError("%r is not an ssl: endpoint" % (description,))
+    positional = [value for key, value in tokens[1:] if key is None]
+    keywords = {}
+    for key, value in tokens[1:]:
+        if key is None:
+            continue
+        if key not in _KNOWN_KEYS:
+            raise TLSConfigError(
+                "listener %r: unsupported key %r with --tls-ca (supported: %s)"
+                % (description, key, ", ".join(_KNOWN_KEYS[1:]))
+            )
+        if key in keywords:
+            raise TLSConfigError("listener %r: %s given twice" % (description, key))
+        keywords[key] = value
+    if "port" in keywords:
+        positional.insert(0, keywords.pop("port"))
+    if len(positional) != 1:
+        raise TLSConfigError("listener %r: give exactly one port" % (description,))
+    result = {
+        "privateKey": "server.pem",
+        "certKey": None,
+        "interface": "",
+        "backlog": "50",
+        "extraCertChain": None,
+        "dhParameters": None,
+    }
+    result.update(keywords)
+    if result["certKey"] is None:
+        result["certKey"] = result["privateKey"]
+    for name in ("port", "backlog"):
+        text = positional[0] if name == "port" else result[name]
+        try:
+            number = int(text)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= (65535 if name == "port" else 1 << 20):
+            raise TLSConfigError("listener %r: bad %s %r" % (description, name, text))
+        result[name] = number
+    return result
+
+
+def tcpDescription(params):
+    """
+    The C{tcp:} server endpoint string listening where the parsed C{ssl:}
+    description C{params} (from L{parseSSLDescription}) does.
+    """
+    interface = params["interface"].replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+    return "tcp:%d:interface=%s:backlog=%d" % (params["port"], interface, params["backlog"])
+
+
+def _read(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSConfigError("cannot read %s %s: %s" % (what, path, e.strerror or e))
+
+
+def _ssl():
+    try:
+        from twisted.internet import ssl
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise TLSConfigError("TLS needs pyOpenSSL: pip install 'twisted[tls]' (%s)" % (e,))
+    if not getattr(ssl, "supported", True):  # pragma: no cover
+        raise TLSConfigError("TLS needs pyOpenSSL: pip install 'twisted[tls]'")
+    return ssl
+
+
+def loadCertificates(path, what="CA file"):
+    """
+    Every PEM certificate in the file C{path}.
+
+    @return: a non-empty list of L{twisted.internet.ssl.Certificate}.
+    @raise TLSConfigError: if the file cannot be read, holds no PEM
+        certificate, or one of them is invalid.
+    """
+    ssl = _ssl()
+    data = _read(path, what)
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise TLSConfigError("%s %s holds no PEM certificate" % (what, path))
+    certificates = []
+    for block in blocks:
+        try:
+            certificates.append(ssl.Certificate.loadPEM(block))
+        except Exception as e:
+            raise TLSConfigError("%s %s: invalid certificate: %s" % (what, path, _describe(e)))
+    return certificates
+
+
+def _describe(exc):
+    text = str(exc).strip()
+    return text if text else exc.__class__.__name__
+
+
+def serverContextFactory(privateKeyPath, certKeyPath, caPath, extraCertChain=None, dhParameters=None):
+    """
+    A server context factory presenting the certificate in C{certKeyPath}
+    (with the private key in C{privateKeyPath}; the two may be one file) and
+    requiring a client certificate signed by a CA in C{caPath}.
+
+    This is C{PrivateCertificate.loadPEM(cert + key).options(*caCerts)}
+    (which sets C{verify} and C{requireCertificate}), plus the optional
+    C{extraCertChain} and C{dhParameters} files of Twisted's C{ssl:}
+    endpoint.
+
+    @return: an L{IOpenSSLServerConnectionCreator}
+        (a L{twisted.internet.ssl.CertificateOptions}).
+    @raise TLSConfigError: when a file cannot be read or is not valid, or
+        when the key does not match the certificate.
+    """
+    ssl = _ssl()
+    cas = loadCertificates(caPath, "CA file")
+    certPEM = _read(certKeyPath, "certificate")
+    keyPEM = _read(privateKeyPath, "private key")
+    if not _PEM_CERTIFICATE.search(certPEM):
+        raise TLSConfigError("certificate %s holds no PEM certificate" % (certKeyPath,))
+    try:
+        private = ssl.PrivateCertificate.loadPEM(certPEM + b"\n" + keyPEM)
+    except Exception as e:
+        raise TLSConfigError(
+            "cannot use certificate %s with private key %s: %s" % (certKeyPath, privateKeyPath, _describe(e))
+        )
+    chain = None
+    if extraCertChain is not None:
+        chain = [c.original for c in loadCertificates(extraCertChain, "certificate chain")]
+    dh = None
+    if dhParameters is not None:
+        from twisted.python.filepath import FilePath
+
+        _read(dhParameters, "DH parameters")
+        dh = ssl.DiffieHellmanParameters.fromFile(FilePath(dhParameters))
+    try:
+        options = ssl.CertificateOptions(
+            privateKey=private.privateKey.original,
+            certificate=private.original,
+            trustRoot=ssl.trustRootFromCertificates(cas),
+            extraCertChain=chain,
+            dhParameters=dh,
+        )
+        # Build the context now, so that a bad file fails at start-up
+        # rather than at the first connection.
+        options.getContext()
+    except Exception as e:
+        raise TLSConfigError("cannot set up TLS with certificate %s: %s" % (certKeyPath, _describe(e)))
+    return options
