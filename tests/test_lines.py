@@ -260,6 +260,49 @@ class UpgradeTests(LineTestCase):
         self.assertEqual(b"".join(self.protocol.raw), b"r" * 1000)
 
 
+class VanishedHostTests(LineTestCase):
+    """
+    A host that leaves mid-line: its partial line never reaches a command.
+    """
+
+    def test_stalePartialLineDropped(self):
+        """
+        A partial line left for longer than C{staleLine} is dropped (with a
+        log line) when the next host's bytes arrive, instead of being glued
+        to the front of its request.
+        """
+        self.protocol.dataReceived(b"stat")
+        self.reactor.advance(self.protocol.staleLine + 1)
+        self.protocol.dataReceived(b"echo hi\n")
+        self.runAll()
+        self.assertEqual(self.spawned(), [("echo", b"hi")])
+        self.assertLogged("discarded a partial line (4 bytes)")
+
+    def test_slowPiecesKept(self):
+        """
+        A line arriving in pieces closer together than C{staleLine} is one
+        line.
+        """
+        self.protocol.dataReceived(b"ec")
+        self.reactor.advance(self.protocol.staleLine - 1)
+        self.protocol.dataReceived(b"ho hi\n")
+        self.runAll()
+        self.assertEqual(self.spawned(), [("echo", b"hi")])
+
+    def test_hostAwayDropsPartialLineAndPendingName(self):
+        """
+        When the device reports the host away, a partial line and a name
+        waiting for its argument line are both forgotten.
+        """
+        self.protocol.dataReceived(b"echo\npartial")
+        self.protocol.hostAway()
+        self.protocol.dataReceived(b"statgrab x\n")
+        self.runAll()
+        self.assertEqual(self.spawned(), [("statgrab", b"x")])
+        self.assertLogged("discarded a partial line (7 bytes): the host went away")
+        self.assertLogged("command 'echo' not run: the host went away")
+
+
 class ConnectionLostTests(LineTestCase):
     def test_runningCommandSurvives(self):
         self.protocol.dataReceived(b"echo x\n")

@@ -306,6 +306,17 @@ class LegacyHandler:
         """
         return self.current is None and self._pendingName is None and not self._queue
 
+    def dropPending(self, why: str) -> None:
+        """
+        Forget a name waiting for its argument line: that line cannot come.
+        """
+        if self._pendingName is not None:
+            name = self._pendingName
+            self._cancelPending()
+            self._ignoredLog.emit(
+                "command {name!r} not run: {why}", name=name.decode("ascii"), why=why
+            )
+
     def flushPending(self) -> None:
         """
         The input has ended: a name still waiting for its argument line runs

@@ -48,6 +48,9 @@ class GuestLineProtocol(LineReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = 64 * 1024
+    #: A partial line older than this when more bytes arrive was left by a
+    #: host that went away mid-line (bhyve never says so): it is dropped.
+    staleLine = 5.0
 
     def __init__(
         self, runner: CommandRunner, clock: IReactorTime, maxLine: int = 64 * 1024
@@ -58,6 +61,7 @@ class GuestLineProtocol(LineReceiver):
         self.handler = LegacyHandler(runner, self._writeOutput, clock)
         self._discarding = False
         self._discardedBytes = 0
+        self._lastData = 0.0
         self._rest = b""
         self._lost = False
         self._dropLogged = False
@@ -100,9 +104,35 @@ class GuestLineProtocol(LineReceiver):
 
     # -- input -------------------------------------------------------------
 
+    def hostAway(self) -> None:
+        """
+        The device says the host left (Linux virtio-ports): a partial line,
+        and a name still waiting for its argument line, can never complete.
+        """
+        if self.line_mode:
+            self._dropPartial("the host went away")
+
+    def _dropPartial(self, why: str) -> None:
+        if self._buffer:
+            _log.info(
+                "discarded a partial line ({nbytes} bytes): {why}",
+                nbytes=len(self._buffer),
+                why=why,
+            )
+            self.clearLineBuffer()
+        self.handler.dropPending(why)
+
     def dataReceived(self, data: bytes) -> Any:
         if self._busyReceiving:
             return LineReceiver.dataReceived(self, data)
+        if self.line_mode:
+            now = self.clock.seconds()
+            if self._buffer and now - self._lastData > self.staleLine:
+                self._dropPartial(
+                    "no more of it came for %.0f s (the host left mid-line?)"
+                    % (now - self._lastData,)
+                )
+            self._lastData = now
         while data:
             if self._discarding and self.line_mode:
                 end = data.find(self.delimiter)

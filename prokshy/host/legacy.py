@@ -133,6 +133,9 @@ class LegacyClient(GuestLineProtocol):
     """
 
     log = Logger()
+    #: A client that vanishes closes its own connection; a slow typist on
+    #: nc must not lose a partial line.
+    staleLine = float("inf")
 
     def __init__(self, daemon, vm):
         self.daemon = daemon
