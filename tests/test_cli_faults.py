@@ -10,11 +10,12 @@ import random
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.harness import PACKAGE_ROOT, AgentProcess, Rig, waitFor, withTimeout
+from tests.harness import PACKAGE_ROOT, Rig, waitFor, withTimeout
 
 FAULTS = (
     "--seed", "7",
@@ -31,6 +32,24 @@ def environment():
     return env
 
 
+class _Child(ProcessProtocol):
+    """
+    A child process (the simulator): its output is kept for diagnosis.
+    """
+
+    def __init__(self):
+        self.output = b""
+        self.ended = Deferred()
+        self.isEnded = False
+
+    def childDataReceived(self, fd, data):
+        self.output += data
+
+    def processEnded(self, reason):
+        self.isEnded = True
+        self.ended.callback(None)
+
+
 class FaultyChannelCLITests(TestCase):
     timeout = 120
 
@@ -39,13 +58,13 @@ class FaultyChannelCLITests(TestCase):
         self.rig = Rig(self)
         self.rig.addCommand("digest", "exec sha256sum | cut -d' ' -f1")
         self.rig.addCommand("split", "head -c 300000 /dev/zero | tr '\\0' o; head -c 200000 /dev/zero | tr '\\0' e >&2; exit 5")
-        sim = AgentProcess()
+        sim = _Child()
         argv = [
             sys.executable, "-m", "prokshy.sim.vmsim",
             "--socket", self.rig.socketPath, "--device-link", self.rig.devicePath,
             "--mode", "bhyve",
         ] + list(FAULTS)
-        sim.process = reactor.spawnProcess(sim, sys.executable, argv, env=environment(), path=self.rig.dir)
+        reactor.spawnProcess(sim, sys.executable, argv, env=environment(), path=self.rig.dir)
         self.addCleanup(self._stop, sim)
         yield waitFor(lambda: os.path.exists(self.rig.devicePath), "prokshy-vmsim to start", timeout=10)
         self.sim = sim
@@ -55,7 +74,7 @@ class FaultyChannelCLITests(TestCase):
     def _stop(self, child):
         if child.isEnded:
             return None
-        child.process.signalProcess("TERM")
+        child.transport.signalProcess("TERM")
         return child.ended
 
     def cli(self, *args, stdin=None):
