@@ -861,3 +861,33 @@ class IntegrationTests(unittest.TestCase):
     def test_version(self):
         out, err, code = yield self.runCLI("--version")
         self.assertEqual((out, code), (f"prokshy {__version__}\n".encode(), 0))
+
+
+class InternalErrorTests(unittest.TestCase):
+    """
+    A bug never shows the user a traceback: one line, and the details in a
+    file.
+    """
+
+    def test_oneLineAndDetailsFile(self):
+        from io import StringIO
+
+        from twisted.python.failure import Failure
+
+        from prokshy.cli.main import EXIT_INTERNAL, internalError
+
+        try:
+            raise ZeroDivisionError("boom")
+        except ZeroDivisionError:
+            failure = Failure()
+        err = StringIO()
+        self.assertEqual(internalError(failure, err), EXIT_INTERNAL)
+        self.assertEqual(EXIT_INTERNAL, 255)
+        text = err.getvalue()
+        self.assertEqual(text.count("\n"), 1, text)
+        self.assertTrue(text.startswith("prokshy: internal error: boom (details in "), text)
+        self.assertNotIn("Traceback", text)
+        path = text.rsplit("details in ", 1)[1].rstrip(")\n")
+        self.addCleanup(os.remove, path)
+        with open(path) as f:
+            self.assertIn("ZeroDivisionError", f.read())

@@ -384,3 +384,33 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("prokshy-host", makers)
         self.assertIs(makers["prokshy-guest"].options, guest.Options)
         self.assertIs(makers["prokshy-host"].options, host.Options)
+
+
+class HostKeepaliveOptionsTests(SynchronousTestCase):
+    """
+    The daemon's keepalive settings reach every VM's link.
+    """
+
+    def test_keepaliveReachesVMLinks(self):
+        options = host.Options()
+        options.parseOptions([
+            "--listen", "unix:/p", "--vm", "web=/w", "--vm", "db=/d",
+            "--ping-interval", "0.5", "--dead-after", "3",
+        ])
+        top = host.makeService(options, _FakeReactor())
+        for vm in top.daemon.vms.values():
+            self.assertEqual((vm.linkConfig.pingInterval, vm.linkConfig.deadAfter), (0.5, 3.0))
+            self.assertEqual(vm.linkConfig.probeAfter, 1.5)
+
+    def test_defaults(self):
+        options = host.Options()
+        options.parseOptions(["--listen", "unix:/p", "--socket-path", "/v"])
+        self.assertEqual((options["ping-interval"], options["dead-after"]), (1.0, 8.0))
+
+    def test_deadAfterMustExceedPingInterval(self):
+        for args in (["--ping-interval", "2", "--dead-after", "2"], ["--ping-interval", "0"]):
+            options = host.Options()
+            self.assertRaises(
+                usage.UsageError, options.parseOptions,
+                ["--listen", "unix:/p", "--socket-path", "/v"] + args,
+            )

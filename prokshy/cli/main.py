@@ -35,6 +35,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 255
 
 
 def _describeConnectError(exc):
@@ -192,10 +193,30 @@ def _main(reactor, options):
 
     def failed(failure):
         if not result.called:
-            result.errback(failure)
+            result.errback(SystemExit(internalError(failure)))
 
     run(reactor, options, current=current).addCallbacks(finished, failed)
     return result
+
+
+def internalError(failure, stderr=None):
+    """
+    An unexpected failure (a bug): one line on stderr, the traceback in a
+    file, as the original CLI did, and the transport-failure exit code.
+
+    @return: L{EXIT_INTERNAL}.
+    """
+    import tempfile
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="prokshy-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(failure.getTraceback())
+        where = f" (details in {path})"
+    except OSError:
+        where = ""
+    _report(f"internal error: {failure.getErrorMessage()}{where}", stderr)
+    return EXIT_INTERNAL
 
 
 def _silenceStdout():

@@ -88,7 +88,7 @@ def buildParser():
             "1 cannot connect; 2 usage error; 124 the guest's timeout killed "
             "the command; 126 command refused (bad name, not executable, "
             "insecure); 127 no such command; 130 interrupted; 255 transport "
-            "failure (session lost, VM unavailable, no session)."
+            "failure (session lost, VM unavailable, no session) or internal error."
         ),
     )
     parser.add_argument(

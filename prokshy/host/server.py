@@ -167,6 +167,8 @@ class ClientChannel(Protocol):
 
 
 class ClientFactory(Factory):
+    noisy = False
+
     def __init__(self, daemon, policy):
         self.daemon = daemon
         self.policy = policy

@@ -70,9 +70,11 @@ class VMConnection:
         self.protocol = None
         self.sessions = 0
         endpoint = _RecordingEndpoint(UNIXClientEndpoint(reactor, path, timeout=2), self)
+        factory = Factory.forProtocol(self._buildProtocol)
+        factory.noisy = False
         self.service = ClientService(
             endpoint,
-            Factory.forProtocol(self._buildProtocol),
+            factory,
             retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=maxDelay, factor=2.0, jitter=lambda: 0),
             clock=reactor,
         )

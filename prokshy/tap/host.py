@@ -33,6 +33,9 @@ class Options(usage.Options):
           "certificate signed by one of them (and needs no token).")],
         ["legacy-linger", None, 1.5,
          "Seconds after a legacy command's output ends before the connection is closed.", float],
+        ["ping-interval", None, 1.0, "Seconds between keepalive pings on each VM's session.", float],
+        ["dead-after", None, 8.0,
+         "Seconds of silence after which a VM's agent is taken as gone.", float],
     ]
 
     def __init__(self):
@@ -70,6 +73,10 @@ class Options(usage.Options):
     def postOptions(self):
         if not self["listen"]:
             raise usage.UsageError("at least one --listen is required")
+        if self["ping-interval"] <= 0 or self["dead-after"] <= self["ping-interval"]:
+            raise usage.UsageError(
+                "--ping-interval must be positive and --dead-after longer than it"
+            )
         if self["socket-path"] and self["vms"]:
             raise usage.UsageError("use either --vm or --socket-path, not both")
         if self["socket-path"]:
@@ -142,10 +149,20 @@ def makeService(options, reactor=None):
     from prokshy.host.server import ClientFactory, Daemon
     from prokshy.host.vm import VMConnection
 
+    from prokshy.host.client import HOST_PAYLOAD, HOST_WINDOW
+    from prokshy.link.session import LinkConfig
+
     top = service.MultiService()
     vms = {}
     for name, path in options["vms"].items():
-        vm = VMConnection(reactor, name, path)
+        config = LinkConfig(
+            window=HOST_WINDOW,
+            maxPayload=HOST_PAYLOAD,
+            pingInterval=options["ping-interval"],
+            deadAfter=options["dead-after"],
+            probeAfter=min(1.5, options["dead-after"] / 2),
+        )
+        vm = VMConnection(reactor, name, path, linkConfig=config)
         vm.service.setServiceParent(top)
         vms[name] = vm
     legacy = {}
