@@ -975,5 +975,5 @@ class ReliableTests(unittest.SynchronousTestCase):
         self.assertEqual(s.holes(1, 1.0, 0.5, encode), [b"x", b"x"])
         self.assertEqual(s.retransmitAll(2.0, encode), [b"x", b"x", b"x"])
         self.assertEqual(s.acknowledge(1), 3)
-        self.assertEqual(s.firstUnacked(), 1)
+        self.assertEqual(s.unacked[0].seq, 1)
         self.assertEqual(s.retransmits, 5)

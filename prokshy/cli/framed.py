@@ -28,7 +28,6 @@ from prokshy.host.client import (
 from prokshy.link.session import LinkConfig, SessionEnded
 from prokshy.streams.stream import StreamError, StreamRefused
 
-EXIT_CONNECT = 1
 EXIT_USAGE = 2
 EXIT_TIMED_OUT = 124
 EXIT_REFUSED = 126

@@ -187,9 +187,6 @@ class Sender:
                 return encode(item)
         return None
 
-    def firstUnacked(self):
-        return self.unacked[0].seq if self.unacked else None
-
 
 class Receiver:
     """

@@ -272,12 +272,6 @@ class Mux:
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
 
-    def resetAll(self, reason):
-        """
-        End every stream with C{reason} (an exception).
-        """
-        self.linkDown(self.link, reason)
-
 
 def _window(obj):
     w = obj.get("window")
