@@ -301,9 +301,10 @@ class HostClient:
         return self.lost
 
 
-class _Collector(Protocol):
+class RawClient(Protocol):
     """
-    A raw client of the simulator's socket (a legacy-protocol host).
+    A raw client of a socket (a legacy-protocol host): records what it
+    receives; C{lost} fires when the connection ends.
     """
 
     def __init__(self):
@@ -569,7 +570,7 @@ class Rig:
 
         @return: a Deferred firing with everything received.
         """
-        collector = _Collector()
+        collector = RawClient()
         yield connectProtocol(UNIXClientEndpoint(reactor, self.socketPath), collector)
         try:
             collector.transport.write(request)

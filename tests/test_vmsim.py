@@ -16,10 +16,11 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionLost
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import prokshy
+from tests.harness import RawClient
 from prokshy.sim.faults import TO_GUEST, TO_HOST, FaultInjector, Faults
 from prokshy.sim.vmsim import (
     BHYVE,
@@ -65,22 +66,8 @@ def pause(seconds=0.05):
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-class Host(Protocol):
-    """
-    A host client: records what it receives.
-    """
-
-    def __init__(self):
-        self.received = bytearray()
-        self.lost = Deferred()
-        self.isLost = False
-
-    def dataReceived(self, data):
-        self.received += data
-
-    def connectionLost(self, reason):
-        self.isLost = True
-        self.lost.callback(None)
+#: A host client: records what it receives.
+Host = RawClient
 
 
 class Guest:
