@@ -114,9 +114,9 @@ class Demo:
         self.daemon = svc.daemon
 
     @defer.inlineCallbacks
-    def waitUp(self, timeout=15.0):
+    def waitUp(self, timeout=15.0, until=None):
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while time.time() < deadline and not (until is not None and until.called):
             if all(vm.state == "up" for vm in self.daemon.vms.values()):
                 return True
             yield task.deferLater(self.reactor, 0.05, lambda: None)
@@ -258,6 +258,27 @@ def main(argv=None):
     task.react(run)
 
 
+def cleanUp(workdir, keep=None):
+    """
+    Remove the demo's work directory (sockets, lock links, pty links,
+    command.d), or everything in it but C{keep} (the log, after a failure).
+    """
+    if keep is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for name in os.listdir(workdir):
+        if name == keep:
+            continue
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
 async def _run(reactor, args, port):
     from twisted.logger import globalLogBeginner, textFileLogObserver, FilteringLogObserver, LogLevelFilterPredicate, LogLevel
 
@@ -270,31 +291,50 @@ async def _run(reactor, args, port):
         redirectStandardIO=False,
     )
     demo = Demo(reactor, workdir, port)
+    finished = defer.Deferred()
+    stopped = defer.Deferred()
+
+    def beforeShutdown():
+        # Ctrl-C (or any reactor.stop): let the finally below stop the stack
+        # and remove the work directory before the reactor goes away.
+        if not stopped.called:
+            stopped.callback(None)
+        return finished
+
+    reactor.addSystemEventTrigger("before", "shutdown", beforeShutdown)
+    failed = True
     try:
         try:
             demo.start()
         except Exception as e:
             sys.stderr.write("prokshy-demo: cannot start: %s\n" % (e,))
             raise SystemExit(1)
-        up = await demo.waitUp()
+        up = await demo.waitUp(until=stopped)
+        if stopped.called:
+            failed = False
+            return
         if not up:
-            sys.stderr.write("prokshy-demo: the VMs did not come up; see %s\n" % (logPath,))
+            sys.stderr.write("prokshy-demo: the VMs did not come up\n")
             raise SystemExit(1)
         if args.tour:
             ok = await runTour(reactor, demo, sys.stdout)
-            sys.stdout.write("\ntour %s (log: %s)\n" % ("passed" if ok else "FAILED", logPath))
+            failed = not ok
+            sys.stdout.write("\ntour %s\n" % ("passed" if ok else "FAILED",))
             raise SystemExit(0 if ok else 1)
         sys.stdout.write(banner(demo))
-        sys.stdout.write("log: %s\n" % (logPath,))
+        sys.stdout.write("log: %s (removed when the demo stops)\n" % (logPath,))
         sys.stdout.flush()
-        stopped = defer.Deferred()
-        reactor.addSystemEventTrigger("before", "shutdown", lambda: stopped.called or stopped.callback(None))
         await stopped
+        failed = False
     finally:
-        await demo.stop()
-        logFile.close()
-        if args.tour:
-            shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            await demo.stop()
+        finally:
+            logFile.close()
+            cleanUp(workdir, keep=os.path.basename(logPath) if failed else None)
+            if failed:
+                sys.stderr.write("prokshy-demo: log kept in %s\n" % (logPath,))
+            finished.callback(None)
 
 
 if __name__ == "__main__":
