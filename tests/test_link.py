@@ -7,6 +7,7 @@ over the in-memory L{tests.channel.LossyChannel} with a L{task.Clock}.
 import json
 
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from prokshy.link import reliable
@@ -977,3 +978,286 @@ class ReliableTests(unittest.SynchronousTestCase):
         self.assertEqual(s.acknowledge(1), 3)
         self.assertEqual(s.unacked[0].seq, 1)
         self.assertEqual(s.retransmits, 5)
+
+
+class OutOfOrderBoundTests(unittest.SynchronousTestCase):
+    """
+    The receiver holds out-of-order frames up to the window it advertises,
+    in bytes, whatever their number (issue 7, section 7).
+    """
+
+    def _big(self, seq, size=16384):
+        return Frame(frames.DATA, 1, bytes([seq % 256]) * size, seq=seq)
+
+    def test_heldBytesBounded(self):
+        """
+        After a gap, 4096 frames of 16 KiB would be 64 MiB; the receiver
+        keeps no more than its 256 KiB window of them and drops the rest as
+        if lost.  Filling the gap delivers what it kept, in order; the
+        dropped frames are accepted when they are resent.
+        """
+        window = 256 * 1024
+        r = Receiver(window)
+        for seq in range(1, 4096):
+            self.assertEqual(r.accept(self._big(seq)), [])
+            self.assertLessEqual(r.held, window)
+        size = reliable.frameSize(self._big(1))
+        kept = window // size
+        self.assertEqual(len(r.ooo), kept)
+        self.assertEqual(r.held, kept * size)
+        self.assertEqual(r.overflows, 4095 - kept)
+        self.assertEqual(r.sackRanges(), [(1, kept + 1)])
+        out = r.accept(self._big(0))
+        self.assertEqual([f.seq for f in out], list(range(kept + 1)))
+        self.assertEqual((r.held, r.ooo), (0, {}))
+        out = []
+        for seq in range(kept + 1, 4096):
+            out.extend(r.accept(self._big(seq)))
+        self.assertEqual([f.seq for f in out], list(range(kept + 1, 4096)))
+
+    def test_frameSize(self):
+        """
+        The size counted is the frame as encoded, before escaping: at most
+        what the sender counts against the window.
+        """
+        for payload in (b"", b"x", b"\n\xdb" * 100):
+            frame = Frame(frames.DATA, 1, payload, seq=3)
+            self.assertEqual(reliable.frameSize(frame), len(frames.encodeRaw(
+                frames.DATA, 1, payload, 3)))
+            self.assertLessEqual(
+                reliable.frameSize(frame), len(frames.encode(frames.DATA, 1, payload, 3))
+            )
+
+    def test_linkUsesItsWindow(self):
+        """
+        A link's receiver is bounded by the window the link advertises.
+        """
+        link = Link(Clock(), lambda data: None, "guest", Recorder(), LinkConfig(window=30000))
+        self.assertEqual(link.receiver.maxHeld, 30000)
+
+
+class OutOfOrderLinkTests(LinkTestCase):
+    def test_senderIgnoringTheWindow(self):
+        """
+        A peer that ignores the window we advertise cannot make us hold
+        more than it out of order: what does not fit is dropped, resent,
+        and everything still arrives once, in order.
+        """
+        guestWindow = 16384
+        pair, h, g = self.connected(None, LinkConfig(window=guestWindow), latency=0.01)
+        pair.host.sender.window = 1 << 30
+        first = pair.host.sender.nextSeq
+        pair.channel.host.tamper = dropping(lambda f: f.type == frames.DATA and f.seq == first)
+        most = [0]
+        accept = pair.guest.receiver.accept
+
+        def watched(frame):
+            result = accept(frame)
+            most[0] = max(most[0], pair.guest.receiver.held)
+            return result
+
+        pair.guest.receiver.accept = watched
+        data = bytes(i % 251 for i in range(400 * 1024))
+        h.push(data)
+        pair.run(until=lambda: len(g.received) == len(data), duration=120)
+        self.assertEqual(g.received, data)
+        self.assertGreater(most[0], guestWindow // 2)
+        self.assertLessEqual(most[0], guestWindow)
+        self.assertGreater(pair.guest.receiver.overflows, 0)
+        self.assertEqual(pair.host.stats["sessions"], 1)
+
+
+class LimitsTests(LinkTestCase):
+    """
+    C{window} and C{max_payload} below the documented minimums (1024 and
+    256 bytes) are refused, never silently raised (issue 7, section 9).
+    """
+
+    def test_hostWindowBelowMinimumRefused(self):
+        h, g = Recorder(), Recorder()
+        pair = LinkPair(h, g, LinkConfig(window=512))
+        self.addCleanup(pair.stop)
+        pair.guest.start()
+        pair.host.start()
+        pair.run(duration=5)
+        self.assertEqual((h.ups, g.ups), ([], []))
+        self.assertEqual(pair.host.state, "STOPPED")
+        self.assertEqual(h.refused, ["window 512 is below the minimum of 1024 bytes"])
+        self.assertEqual(pair.guest.state, "IDLE")
+
+    def test_hostPayloadBelowMinimumRefused(self):
+        h, g = Recorder(), Recorder()
+        pair = LinkPair(h, g, LinkConfig(maxPayload=100))
+        self.addCleanup(pair.stop)
+        pair.guest.start()
+        pair.host.start()
+        pair.run(duration=5)
+        self.assertEqual(pair.host.state, "STOPPED")
+        self.assertEqual(h.refused, ["max_payload 100 is below the minimum of 256 bytes"])
+        self.assertEqual(g.ups, [])
+
+    def test_guestBelowMinimumIgnored(self):
+        """
+        A guest answering with a window below the minimum gets no session;
+        the host says why, once, and keeps saying hello.
+        """
+        h, g = Recorder(), Recorder()
+        pair = LinkPair(h, g, None, LinkConfig(window=1000))
+        self.addCleanup(pair.stop)
+        hellos = []
+        pair.channel.host.observers.append(lambda d: isHello(d) and hellos.append(d))
+        pair.guest.start()
+        pair.host.start()
+        pair.run(duration=5)
+        self.assertEqual(h.ups, [])
+        self.assertEqual(pair.host.state, "HELLO")
+        self.assertEqual(pair.host.lastError, "window 1000 is below the minimum of 1024 bytes")
+        self.assertGreaterEqual(len(hellos), 9)
+
+    def test_minimumsRespected(self):
+        """
+        At the minimums, each side keeps to exactly what the other
+        advertised: frames of at most 256 payload bytes, at most 1024 bytes
+        in flight (or one frame).
+        """
+        pair, h, g = self.connected(None, LinkConfig(window=1024, maxPayload=256))
+        self.assertEqual((pair.host.info.sendWindow, pair.host.info.sendPayload), (1024, 256))
+        inflight = []
+        pair.channel.host.observers.append(
+            lambda d: inflight.append((pair.host.sender.inflight, len(pair.host.sender.unacked)))
+        )
+        data = bytes(i % 253 for i in range(20000))
+        h.push(data)
+        pair.run(until=lambda: len(g.received) == len(data), duration=60)
+        self.assertEqual(g.received, data)
+        self.assertLessEqual(max(h.sizes), 256)
+        for nbytes, nframes in inflight:
+            self.assertTrue(nbytes <= 1024 or nframes == 1, (nbytes, nframes))
+
+
+class IncompatibleGuestTests(LinkTestCase):
+    def test_restartWithoutCommonVersionKeepsProbing(self):
+        """
+        A guest that restarts speaking no version the host knows ends the
+        session, and the host goes on saying hello (issue 7, section 9), so
+        that when a compatible guest comes back, the session comes up.
+        """
+        pair, h, g = self.connected()
+        pair.guest.stop()
+        g2 = Recorder()
+        pair.newGuest(g2, LinkConfig(extra={"v": [99]})).start()
+        pair.run(until=lambda: h.downs, duration=20)
+        self.assertIn("guest restarted", str(h.downs[0]))
+        pair.run(duration=5)
+        self.assertEqual(len(h.ups), 1)
+        self.assertEqual(pair.host.state, "HELLO")
+        self.assertIn("no protocol version", pair.host.lastError)
+        self.assertIn("99", pair.host.lastError)
+        pair.guest.stop()
+        g3 = Recorder()
+        pair.newGuest(g3).start()
+        pair.run(until=lambda: pair.up, duration=5)
+        self.assertEqual(len(h.ups), 2)
+        self.assertEqual(pair.host.info.peerNonce, pair.guest.info.localNonce)
+
+
+class QuietTests(LinkTestCase):
+    """
+    A guest link with C{quietPings} stops sending once the host has been
+    silent for that many of its ping intervals.
+    """
+
+    def quietPair(self, hostPing=1.0, latency=0.0):
+        return self.connected(
+            LinkConfig(pingInterval=hostPing),
+            LinkConfig(quietPings=3, deadAfter=30.0),
+            latency=latency,
+        )
+
+    def test_silentHostMakesGuestQuiet(self):
+        """
+        Three seconds (three of the host's 1 s pings) after the host fell
+        silent, the guest sends nothing more: no pings, no retransmissions
+        of the data in flight, until --dead-after (30 s) ends the session.
+        """
+        pair, h, g = self.quietPair()
+        self.assertEqual(pair.guest.info.peerHello["ping_interval"], 1.0)
+        g.push(b"x" * 50000)  # in flight, never acknowledged
+        pair.host.stop()
+        pair.channel.guest.receiver = None
+        start = pair.clock.seconds()
+        writes = []
+        pair.channel.guest.observers.append(lambda d: writes.append(pair.clock.seconds() - start))
+        pair.run(until=lambda: g.downs, duration=60)
+        self.assertIn("silent for 30", str(g.downs[0]))
+        self.assertTrue(writes)
+        self.assertLess(max(writes), 3.0 + 1e-6)
+        self.assertEqual(pair.guest.stats["quiet"], 1)
+
+    def test_followsAdvertisedPingInterval(self):
+        """
+        The host's hello says how often it pings; three of its intervals
+        of silence (0.6 s here) make the guest quiet.
+        """
+        pair, h, g = self.quietPair(hostPing=0.2)
+        pair.run(duration=0.1)
+        pair.host.stop()
+        lastHeard = pair.guest._lastHeard
+        pair.run(duration=lastHeard + 0.59 - pair.clock.seconds())
+        self.assertFalse(pair.guest.quiet)
+        pair.run(duration=0.02)
+        self.assertTrue(pair.guest.quiet)
+
+    def test_heardAgainResumes(self):
+        """
+        A live host whose frames were lost for a while is heard again: the
+        guest resumes where it was, in the same session, and what it held
+        back is delivered.
+        """
+        pair, h, g = self.quietPair(latency=0.01)
+        pair.channel.host.blackhole = True
+        pair.run(until=lambda: pair.guest.quiet, duration=10)
+        self.assertFalse(pair.guest.writable)
+        sent = pair.channel.guest.bytesWritten
+        data = bytes(i % 247 for i in range(30000))
+        g.push(data)
+        pair.run(duration=2)
+        self.assertEqual(pair.channel.guest.bytesWritten, sent)
+        self.assertEqual(h.received, b"")
+        pair.channel.host.blackhole = False
+        pair.run(until=lambda: h.received == data, duration=10)
+        self.assertEqual((h.downs, g.downs), ([], []))
+        self.assertFalse(pair.guest.quiet)
+        self.assertEqual(pair.guest.stats["sessions"], 1)
+
+    def test_hostNeverQuiet(self):
+        """
+        Without C{quietPings} (the host, by default) a link never goes
+        quiet: it keeps probing for a restarted guest.
+        """
+        pair, h, g = self.connected()
+        pair.guest.stop()
+        pair.run(duration=6)
+        self.assertFalse(pair.host.quiet)
+        self.assertEqual(pair.host.stats["quiet"], 0)
+
+
+class EndSessionTests(LinkTestCase):
+    def test_endSession(self):
+        """
+        C{endSession} ends the session without a word to the peer; a guest
+        waits for the next hello, a host starts a new handshake.
+        """
+        pair, h, g = self.connected()
+        written = pair.channel.guest.bytesWritten
+        pair.guest.endSession("a new client")
+        self.assertEqual(str(g.downs[0]), "session ended: a new client")
+        self.assertEqual(pair.guest.state, "IDLE")
+        self.assertEqual(pair.channel.guest.bytesWritten, written)
+        pair.guest.endSession("again")
+        self.assertEqual(len(g.downs), 1)
+        nonce = pair.host.info.localNonce
+        pair.host.endSession("test")
+        self.assertEqual(pair.host.state, "HELLO")
+        pair.run(until=lambda: pair.up, duration=5)
+        self.assertNotEqual(pair.host.info.localNonce, nonce)

@@ -6,8 +6,10 @@ and retransmission.
 
 The channel may lose, corrupt or duplicate bytes but never reorders them.
 The receiver delivers only the next expected sequence number, keeps frames
-that arrive after a gap (at most the sender's window of them), and reports
-them in SACK ranges so the sender resends only what is missing.  Duplicates
+that arrive after a gap (at most the window it advertises, in bytes, and
+at most L{MAX_OUT_OF_ORDER} of them), and reports them in SACK ranges so the
+sender resends only what is missing; a frame that does not fit is dropped
+as if it had been lost.  Duplicates
 are dropped.  Nothing here knows about time or I/O beyond the timestamps it
 is given.
 """
@@ -188,15 +190,33 @@ class Sender:
         return None
 
 
+def frameSize(frame):
+    """
+    The size of C{frame} as encoded, before escaping: what the peer's
+    window counts, at most (escaping only adds bytes).
+    """
+    n = len(frame.payload)
+    return frames.HEADER_SIZE + (n + frames.CRC.size if n else 0)
+
+
 class Receiver:
     """
     The receiving half: accepts sequenced frames exactly once and in order.
+
+    @ivar maxHeld: the most bytes (L{frameSize}) of out-of-order frames held
+        at once: the window we advertise, since a sender that keeps to it
+        never has more in flight.  Frames beyond it are dropped (counted in
+        C{overflows}) and the sender resends them as lost.
+    @ivar held: the bytes of out-of-order frames held now.
     """
 
-    def __init__(self):
+    def __init__(self, maxHeld=1 << 20):
         self.expected = 0
         self.duplicates = 0
         self.gaps = 0
+        self.overflows = 0
+        self.maxHeld = maxHeld
+        self.held = 0
         self.ooo = {}
 
     def accept(self, frame):
@@ -208,9 +228,17 @@ class Receiver:
             self.duplicates += 1
             return []
         if d > 0:
-            if d < MAX_OUT_OF_ORDER and len(self.ooo) < MAX_OUT_OF_ORDER:
+            size = frameSize(frame)
+            if (
+                d < MAX_OUT_OF_ORDER
+                and len(self.ooo) < MAX_OUT_OF_ORDER
+                and self.held + size <= self.maxHeld
+            ):
                 self.ooo[frame.seq] = frame
+                self.held += size
                 self.gaps += 1
+            else:
+                self.overflows += 1
             return []
         out = [frame]
         self.expected = (self.expected + 1) % SEQ_MOD
@@ -218,6 +246,7 @@ class Receiver:
             nxt = self.ooo.pop(self.expected, None)
             if nxt is None:
                 break
+            self.held -= frameSize(nxt)
             out.append(nxt)
             self.expected = (self.expected + 1) % SEQ_MOD
         return out

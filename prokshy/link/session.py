@@ -16,6 +16,12 @@ States and transitions (the host side opens, the guest side answers)::
                                                                       session, answer, linkUp
     UP           host: guest hello with a new nonce      UP           linkDown(guest restarted), linkUp
     UP           host: silent for probeAfter             UP           send hello probes (same nonce)
+    UP           guest: silent for quietPings peer pings UP (quiet)   send nothing of our own (no pings,
+                                                                      retransmissions or new frames)
+                                                                      until the peer is heard again
+    UP           host: guest hello, no common version    HELLO        linkDown(guest restarted), new
+                 or limits below the minimums                         nonce, go on probing
+    UP           endSession(reason)                      IDLE/HELLO   linkDown(reason); host restarts
     UP           silent for deadAfter                    IDLE/HELLO   linkDown(peer silent); the host
                                                                       starts over with a new nonce
     UP           GOODBYE received                        IDLE/HELLO   linkDown(goodbye); host restarts
@@ -40,7 +46,14 @@ from prokshy.wire.channel import ChannelDecoder, encodeHello
 
 PROTOCOL_VERSIONS = (1,)
 _PING = struct.Struct(">Qd")
+#: The smallest C{max_payload} and C{window} a peer may advertise: a hello
+#: below them is refused (a guest answers with an error, a host ignores the
+#: answer), because the control payloads (OPEN, REFUSE, EXIT) must fit in
+#: one frame and a window must hold a few of them.
 MIN_PAYLOAD = 256
+MIN_WINDOW = 1024
+#: Assumed when a peer's hello does not say how often it pings.
+DEFAULT_PEER_PING = 1.0
 
 
 class SessionEnded(Exception):
@@ -74,6 +87,12 @@ class LinkConfig:
     @ivar helloInterval: seconds between hello retransmissions.
     @ivar features: feature names we support.
     @ivar auth: a token to send in our hello, or None.
+    @ivar quietPings: guest: after this many of the peer's ping intervals
+        (its hello's C{ping_interval}, else 1 s) without hearing it, stop
+        sending anything of our own until it is heard again: a host that
+        left without GOODBYE must not get the session's pings and
+        retransmissions sprayed at whichever client takes its place
+        (bhyve never tells the guest).  None: never go quiet.
     """
 
     window = attr.ib(default=16384)
@@ -88,6 +107,7 @@ class LinkConfig:
     features = attr.ib(default=())
     auth = attr.ib(default=None)
     extra = attr.ib(default=attr.Factory(dict))
+    quietPings = attr.ib(default=None)
 
 
 @attr.s
@@ -150,6 +170,12 @@ class Link:
         self._lastHeard = clock.seconds()
         self._paused = False
         self._inWritable = False
+        self._quietAfter = None
+        self._incompatibleLogged = None
+        #: How many times the peer was heard (a valid frame of the session,
+        #: or a host hello): a caller can tell whether some input was the
+        #: peer's at all.
+        self.heard = 0
         self._resetTransfer()
         self.stats = {
             "bytes_in": 0,
@@ -159,6 +185,7 @@ class Link:
             "stale": 0,
             "sessions": 0,
             "retransmits": 0,
+            "quiet": 0,
         }
         self.rtt = None
         self.lastError = None
@@ -167,7 +194,10 @@ class Link:
 
     def _resetTransfer(self):
         self.sender = Sender(self.config.sendWindow)
-        self.receiver = Receiver()
+        # A peer that keeps to our window never has more than that in
+        # flight, so no more than that is held out of order.
+        self.receiver = Receiver(self.config.window)
+        self._quiet = False
         self._lastAckSent = None
         self._ackOwed = False
         self._rto = 0.5
@@ -204,12 +234,31 @@ class Link:
     def goodbye(self, reason="goodbye"):
         """
         End the session on purpose and tell the peer.
+
+        The GOODBYE frames are written after the session has ended on our
+        side, so that a listener that discards the session's unsent output
+        when it ends does not discard them too.
         """
+        wire = None
         if self.state == "UP":
             payload = reason.encode("utf-8")[:200]
             wire = self._encode(frames.GOODBYE, 0, payload)
-            self._send(wire + wire)
         self.stop(reason)
+        if wire is not None:
+            self._send(wire + wire)
+
+    def endSession(self, reason):
+        """
+        End the current session at once, without telling the peer (it is
+        gone: a guest learnt that a new client took the channel).  The link
+        keeps running: a guest waits for the next hello, a host starts a
+        new handshake.
+        """
+        if self.state != "UP":
+            return
+        self._down(reason)
+        if self.role == "host" and self.state != "STOPPED":
+            self._startHandshake()
 
     # -- input ------------------------------------------------------------
 
@@ -255,7 +304,7 @@ class Link:
         return max(common) if common else None
 
     def _hostHello(self, hello):
-        self._lastHeard = self.clock.seconds()
+        self._heard()
         if self.state == "UP" and hello["nonce"] == self.info.peerNonce:
             self._sendHello(peer=hello["nonce"])
             return
@@ -264,6 +313,8 @@ class Link:
         if version is None:
             refusal = "no common protocol version (we speak %s)" % (list(PROTOCOL_VERSIONS),)
         else:
+            refusal = _limitsProblem(hello)
+        if refusal is None:
             authorize = getattr(self.listener, "authorize", None)
             if authorize is not None:
                 refusal = authorize(hello)
@@ -280,7 +331,7 @@ class Link:
     def _guestHello(self, hello):
         if hello.get("peer") != self._nonce:
             return  # stale: an answer to an earlier session of ours
-        self._lastHeard = self.clock.seconds()
+        self._heard()
         if "error" in hello:
             self.lastError = str(hello["error"])[:200]
             self.log.warn("guest refused the session: {why}", why=self.lastError)
@@ -291,13 +342,30 @@ class Link:
             if refused is not None:
                 refused(self, self.lastError)
             return
-        if self.state == "UP":
+        wasUp = self.state == "UP"
+        if wasUp:
             if hello["nonce"] == self.info.peerNonce:
                 return
             self._down("guest restarted")
         version = self._negotiate(hello)
         if version is None:
+            problem = "the guest speaks no protocol version we do (it offers %s, we speak %s)" % (
+                _shortRepr(hello.get("v")),
+                list(PROTOCOL_VERSIONS),
+            )
+        else:
+            problem = _limitsProblem(hello)
+        if problem is not None:
+            # Not a session; keep saying hello, so that a compatible guest
+            # that takes its place gets one.
+            self.lastError = problem
+            if self._incompatibleLogged != problem:
+                self._incompatibleLogged = problem
+                self.log.warn("ignored the guest's answer: {why}; still probing", why=problem)
+            if wasUp and self.state != "STOPPED":
+                self._startHandshake()
             return
+        self._incompatibleLogged = None
         self._cancelHello()
         self._up(hello, version, hostNonce=self._nonce, guestNonce=hello["nonce"])
 
@@ -306,9 +374,14 @@ class Link:
         ours = set(self.config.features)
         theirs = hello.get("features")
         common = sorted(ours & set(theirs)) if isinstance(theirs, list) else []
+        # _limitsProblem has refused anything below MIN_PAYLOAD / MIN_WINDOW.
         sendPayload = min(_int(hello.get("max_payload"), 1024), frames.MAX_PAYLOAD_LIMIT)
         sendWindow = min(_int(hello.get("window"), 8192), self.config.sendWindow)
-        self.sender.window = max(sendWindow, 1024)
+        self.sender.window = sendWindow
+        if self.config.quietPings is None:
+            self._quietAfter = None
+        else:
+            self._quietAfter = self.config.quietPings * _peerPing(hello)
         self.info = SessionInfo(
             version=version,
             localNonce=self._nonce,
@@ -317,7 +390,7 @@ class Link:
             features=common,
             peerHello=hello,
             startedAt=self.clock.seconds(),
-            sendPayload=max(sendPayload, 256),
+            sendPayload=sendPayload,
             sendWindow=self.sender.window,
         )
         # Start small and grow while the channel is clean: frames already in
@@ -330,15 +403,53 @@ class Link:
 
     def _down(self, reason):
         self.state = "IDLE"
+        self._quiet = False
         self._cancelRto()
         self.listener.linkDown(self, SessionEnded(reason))
+
+    # -- hearing the peer, and going quiet --------------------------------
+
+    def _heard(self):
+        """
+        The peer said something valid: it is alive.
+        """
+        self._lastHeard = self.clock.seconds()
+        self.heard += 1
+        if self._quiet:
+            self._quiet = False
+            self.log.info("heard the peer again: resuming")
+            if self.state == "UP":
+                self._rto = self._baseRto()
+                self._armRto()
+
+    @property
+    def quiet(self):
+        """
+        True while the session is up but we send nothing of our own, the
+        peer having been silent for C{quietPings} of its ping intervals.
+        """
+        if self._quiet:
+            return True
+        if self.state != "UP" or self._quietAfter is None:
+            return False
+        silent = self.clock.seconds() - self._lastHeard
+        if silent < self._quietAfter:
+            return False
+        self._quiet = True
+        self.stats["quiet"] += 1
+        self._cancelRto()
+        self.log.info(
+            "peer silent for {silent:.1f} s: sending nothing until it is heard again",
+            silent=silent,
+        )
+        return True
 
     def _frameReceived(self, frame):
         self.stats["frames_in"] += 1
         if self.state != "UP" or frame.tag != self.info.tag:
             self.stats["stale"] += 1
             return
-        self._lastHeard = self.clock.seconds()
+        self._heard()
         self._handleAck(frame)
         if frame.sequenced:
             self._ackOwed = True
@@ -418,7 +529,7 @@ class Link:
         resent at once, long before the retransmission timer.
         """
         self._probeCall = None
-        if self.state != "UP":
+        if self.state != "UP" or self.quiet:
             return
         wire = self.sender.probe(self.clock.seconds(), self._encodeOutgoing)
         if wire is not None:
@@ -427,7 +538,7 @@ class Link:
 
     def _rtoFired(self):
         self._rtoCall = None
-        if self.state != "UP" or not self.sender.unacked:
+        if self.state != "UP" or not self.sender.unacked or self.quiet:
             return
         self._retransmitted(self.sender.retransmitAll(self.clock.seconds(), self._encodeOutgoing))
         self._rto = min(self._rto * 2, self.config.rtoMax)
@@ -489,7 +600,7 @@ class Link:
         return frames.encode(ftype, stream, payload, 0, self.receiver.expected, tag, flags)
 
     def _pump(self):
-        if self.state != "UP" or self._paused:
+        if self.state != "UP" or self._paused or self.quiet:
             return
         wires = self.sender.takeSendable(self._encodeOutgoing, self.clock.seconds())
         if wires:
@@ -515,7 +626,7 @@ class Link:
         behind the window).  Streams hand data to the link only then, so
         that frame sizes follow the channel and streams share it fairly.
         """
-        return self.state == "UP" and not self._paused and not self.sender.queue
+        return self.state == "UP" and not self._paused and not self.quiet and not self.sender.queue
 
     def _send(self, data):
         self.stats["bytes_out"] += len(data)
@@ -547,6 +658,7 @@ class Link:
             "features": list(self.config.features),
             "window": self.config.window,
             "max_payload": self.config.maxPayload,
+            "ping_interval": self.config.pingInterval,
         }
         if self.config.auth is not None:
             fields["auth"] = self.config.auth
@@ -596,6 +708,8 @@ class Link:
                 self._down("peer silent for %.1f s" % (silent,))
                 if self.role == "host":
                     self._startHandshake()
+            elif self.quiet:
+                pass
             else:
                 self._pingSeq += 1
                 self._pingSent = {self._pingSeq: now}
@@ -648,3 +762,32 @@ class Link:
 
 def _int(value, default):
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
+def _limitsProblem(hello):
+    """
+    Why the C{window} or C{max_payload} a peer advertises is unusable, or
+    None.  Absent (or malformed) fields get the defaults.
+    """
+    window = _int(hello.get("window"), 8192)
+    if window < MIN_WINDOW:
+        return "window %d is below the minimum of %d bytes" % (window, MIN_WINDOW)
+    payload = _int(hello.get("max_payload"), 1024)
+    if payload < MIN_PAYLOAD:
+        return "max_payload %d is below the minimum of %d bytes" % (payload, MIN_PAYLOAD)
+    return None
+
+
+def _peerPing(hello):
+    """
+    How often the peer pings, from its hello (seconds), within sane bounds.
+    """
+    value = hello.get("ping_interval")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return DEFAULT_PEER_PING
+    return min(max(float(value), 0.01), 3600.0)
+
+
+def _shortRepr(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
