@@ -287,6 +287,27 @@ class TTYTests(PtyMixin, TestCase):
         self.assertEqual(bytes(received), ALL_BYTES)
 
     @inlineCallbacks
+    def test_discardBuffered(self):
+        """
+        C{discardBuffered} drops writes not sent yet (a framed session that
+        ended must not reach a later client), and says how many bytes; what
+        is written afterwards is sent.
+        """
+        master, slave, path = self.openPty()
+        protocol = yield self.connect(path)
+        protocol.transport.write(b"stale frames")
+        self.assertEqual(protocol.transport.discardBuffered(), 12)
+        protocol.transport.write(b"fresh\n")
+        received = bytearray()
+
+        def gotFresh():
+            received.extend(readAvailable(master))
+            return b"\n" in received
+
+        yield waitFor(gotFresh)
+        self.assertEqual(bytes(received), b"fresh\n")
+
+    @inlineCallbacks
     def test_reconnectReappliesRawMode(self):
         """
         If something resets the tty to cooked between opens (FreeBSD does on

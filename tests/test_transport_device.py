@@ -131,22 +131,68 @@ class HostAwayTests(TestCase):
         self.assertIn(self.transport, self.reactor.getReaders())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def test_writesBufferedUntilReturn(self):
+    def test_writesWhileAwayDiscardedOnReturn(self):
         """
         Writes while away are kept, without registering for writability
-        (Twisted would turn the hang-up into a lost connection), and are
-        flushed when the host returns (EAGAIN: host there, nothing to read).
+        (Twisted would turn the hang-up into a lost connection).  The host
+        that returns (EAGAIN: host there, nothing to read) is a new client:
+        what was buffered for the one that left, including what was queued
+        before it left, is discarded, never sent to the new one.  What the
+        protocol writes from C{hostReturned} on is sent.
         """
+        self.transport.write(b"before it left ")
         self.goAway(errno.EAGAIN)
         self.transport.write(b"hello ")
         self.transport.writeSequence([b"host"])
         self.assertEqual(self.reactor.getWriters(), [])
+        self.protocol.hostReturned = lambda: self.transport.write(b"for the new host")
         self.probeDelays(1)
-        self.assertEqual(self.protocol.events, ["made", "away", "returned"])
+        self.assertTrue(self.transport.hostConnected)
         self.assertIn(self.transport, self.reactor.getWriters())
         self.assertIsNone(self.transport.doWrite())
-        self.assertEqual(self.peer.recv(100), b"hello host")
+        self.assertEqual(self.peer.recv(100), b"for the new host")
         self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_returnWithDataDiscardsFirst(self):
+        """
+        The same when the probe that finds the host back reads its first
+        bytes: the old writes are gone before the protocol sees the data,
+        so an answer to it is all the new host gets.
+        """
+        self.goAway(b"", b"request")
+        self.transport.write(b"stale ping")
+        self.protocol.dataReceived = lambda data: self.transport.write(b"answer to " + data)
+        self.probeDelays(2)
+        self.assertIsNone(self.transport.doWrite())
+        self.assertEqual(self.peer.recv(100), b"answer to request")
+
+    def test_discardBuffered(self):
+        """
+        C{discardBuffered} drops the unsent writes, says how many bytes,
+        and resumes a streaming producer that the full buffer had paused.
+        """
+        events = []
+
+        class Producer:
+            def pauseProducing(self):
+                events.append("pause")
+
+            def resumeProducing(self):
+                events.append("resume")
+
+            def stopProducing(self):
+                events.append("stop")
+
+        self.transport.bufferSize = 10
+        self.transport.registerProducer(Producer(), True)
+        self.transport.write(b"x" * 20)
+        self.assertEqual(events, ["pause"])
+        self.assertEqual(self.transport.discardBuffered(), 20)
+        self.assertEqual(events, ["pause", "resume"])
+        self.assertEqual(self.transport.discardBuffered(), 0)
+        self.transport.write(b"fresh")
+        self.transport.doWrite()
+        self.assertEqual(self.peer.recv(100), b"fresh")
 
     def test_backoffRestartsEachTime(self):
         self.goAway(b"", errno.EAGAIN)

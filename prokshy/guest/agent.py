@@ -11,15 +11,29 @@ host says a framed hello, framed mode until that session ends.
     framed  bytes                                     framed  to the Link
     framed  session ends (keepalive timeout or        line    streams end, commands are
             GOODBYE), or the hello was refused                cancelled, line mode again
+    framed  a new client: a host hello with a new     line    the old session ends at once
+            nonce, a line-protocol request, or the    or      (its unsent output is discarded),
+            device reports the host away or back      framed  then the new client is served
     any     device closed                             -       session ends, commands cancelled
+
+The guest never hands bytes of a dead session to a later client: when a
+session ends, what the device transport still buffers of it is discarded,
+and a host that comes back after the device reported it away is a new
+client, so the transport discards what was written for the one that left
+(Linux).  On a tty (bhyve) nothing reports that the host left, so the link
+goes quiet (no pings, no retransmissions) once the host has been silent
+for L{QUIET_PINGS} of its ping intervals, well before C{--dead-after}.
 """
+
+import re
 
 from twisted.internet.serialport import SerialPort
 from twisted.logger import Logger
 
 from prokshy.guest.execs import FEATURES
 from prokshy.guest.lines import GuestLineProtocol
-from prokshy.link.session import Link, LinkConfig
+from prokshy.guest.runner import CommandRefused
+from prokshy.link.session import MIN_PAYLOAD, MIN_WINDOW, Link, LinkConfig
 from prokshy.streams.mux import Mux
 from prokshy.wire.channel import HelloError, parseHello
 
@@ -30,6 +44,17 @@ TTY_PAYLOAD = 4096
 #: Where the channel has backpressure (Linux virtio-ports, QEMU).
 PIPE_WINDOW = 256 * 1024
 PIPE_PAYLOAD = 16 * 1024
+#: The host pings every second (it says how often in its hello): after this
+#: many intervals without a word from it, it is taken to be gone, and the
+#: guest sends nothing more of the session until it is heard again.
+QUIET_PINGS = 3
+#: The longest line-protocol request that is looked for in framed input.
+_MAX_REQUEST_PROBE = 4096
+#: How a line-protocol request starts: blanks, then a command name (the
+#: name check of L{prokshy.guest.runner.CommandDirectory} follows).
+_REQUEST_START = re.compile(rb"[ \t]*([a-zA-Z0-9_.-]+)")
+#: What may follow the name on its line: DATA after a space, or the end.
+_AFTER_NAME = b" \t\r\n"
 
 
 class GuestProtocol(GuestLineProtocol):
@@ -63,6 +88,9 @@ class GuestProtocol(GuestLineProtocol):
         self.deadAfter = deadAfter
         self.link = None
         self.mux = None
+        # The start of a possible line-protocol request (the first bytes of
+        # a chunk that held nothing of the session), waiting for its LF.
+        self._candidate = None
 
     def _config(self):
         if self.linkConfig is not None:
@@ -72,14 +100,15 @@ class GuestProtocol(GuestLineProtocol):
         else:
             window, payload = PIPE_WINDOW, PIPE_PAYLOAD
         if self.window:
-            window = self.window
-            payload = min(payload, max(256, window // 4))
+            window = max(self.window, MIN_WINDOW)
+            payload = min(payload, max(MIN_PAYLOAD, window // 4))
         return LinkConfig(
             window=window,
             maxPayload=payload,
             features=FEATURES,
             pingInterval=self.pingInterval,
             deadAfter=self.deadAfter,
+            quietPings=QUIET_PINGS,
         )
 
     def _ensureLink(self):
@@ -100,17 +129,97 @@ class GuestProtocol(GuestLineProtocol):
         link.helloReceived(hello)
         if link.state == "UP":
             self.handler.reset()
+            self._candidate = None
             self.setRawMode()
         return None
 
     def rawDataReceived(self, data):
-        self.link.dataReceived(data)
+        link = self.link
+        heard = link.heard
+        link.dataReceived(data)
+        if link.state == "UP" and not self.line_mode:
+            if link.heard != heard:
+                self._candidate = None
+            else:
+                request = self._lineRequest(data)
+                if request is not None:
+                    self._newClient("a line-protocol client took the device")
+                    return self._toLineMode(request)
         self._syncMode()
+        return None
+
+    def _lineRequest(self, data):
+        """
+        Input that held nothing of the session: is it a line-protocol
+        client's request?  That is, does it start (the first bytes of a
+        chunk, as a new client's are) with a complete line naming a command
+        that exists?  Frames are escaped and hold no LF, and a frame's tail
+        that looks like such a line is followed by a frame of the session
+        in the same chunk, so a live host is not mistaken for one.
+
+        @return: the bytes to hand to line mode (the request and what
+            follows it), or None.
+        """
+        if self._candidate is not None:
+            data = self._candidate + data
+        self._candidate = None
+        start = _REQUEST_START.match(data)
+        if start is None:
+            return None
+        if start.end() == len(data) or data[start.end()] != 0x0A:
+            # The name is not complete, or the line goes on: wait for its LF.
+            if start.end() < len(data) and data[start.end()] not in _AFTER_NAME:
+                return None
+            end = data.find(b"\n", start.end(), _MAX_REQUEST_PROBE)
+            if end < 0:
+                if len(data) <= _MAX_REQUEST_PROBE:
+                    self._candidate = data
+                return None
+        name = start.group(1)
+        try:
+            self.runner.directory.resolve(name)
+        except CommandRefused:
+            return None
+        return data
+
+    def _newClient(self, why):
+        """
+        A new client took the device: the framed session, whose host is
+        gone, ends at once, and nothing more of it is sent.
+        """
+        self.link.endSession(why)
+
+    def _toLineMode(self, extra=b""):
+        self._candidate = None
+        # A partial line in the new data must not look stale to line mode.
+        self._lastData = self.clock.seconds()
+        return self.setLineMode(extra)
 
     def _syncMode(self):
         if not self.line_mode and (self.link is None or self.link.state != "UP"):
             self.log.info("framed session over: back to line mode")
-            self.setLineMode()
+            self._toLineMode()
+
+    def hostAway(self):
+        """
+        The device reports that the host left (Linux): a host connection
+        never survives that, so its framed session ends now, and the output
+        of a line-protocol command it started is not kept for the next one.
+        """
+        if not self.line_mode and self.link is not None and self.link.state == "UP":
+            self._newClient("the host went away (the device says so)")
+            self._toLineMode()
+        GuestLineProtocol.hostAway(self)
+        self.handler.reset()
+
+    def hostReturned(self):
+        """
+        The device reports a host again: a new one (the transport has
+        discarded what was written for the one that left).
+        """
+        if not self.line_mode and self.link is not None and self.link.state == "UP":
+            self._newClient("a new host took the device")
+            self._toLineMode()
 
     def _sessionUp(self, info):
         self.log.info(
@@ -121,6 +230,15 @@ class GuestProtocol(GuestLineProtocol):
 
     def _sessionDown(self, reason):
         self.log.info("framed session down: {why}", why=str(reason))
+        # What the transport still holds of the session is for a host that
+        # is gone or done: never let a later client receive it.
+        discard = getattr(self.transport, "discardBuffered", None)
+        if discard is not None and self.transport.connected:
+            dropped = discard()
+            if dropped:
+                self.log.info(
+                    "discarded {nbytes} unsent bytes of the ended session", nbytes=dropped
+                )
         self.clock.callLater(0, self._syncMode)
 
     def connectionLost(self, reason=None):

@@ -20,8 +20,15 @@ Two kinds of device carry the console port into the guest:
     not end of file.  The transport then stops polling the fd (a level
     triggered C{POLLHUP} would spin, and a write-only registration would be
     turned into C{connectionLost} by the reactor), keeps the fd open so that
-    queued data survives, buffers writes, and probes the fd on a timer with
-    a capped exponential backoff until the host is back.
+    queued input survives, buffers writes, and probes the fd on a timer with
+    a capped exponential backoff until the host is back.  The host that
+    comes back is a new client (a host connection never survives a
+    disconnect), so the writes still buffered then, which were meant for the
+    host that left, are discarded rather than sent to it.
+
+Both have C{discardBuffered()}: drop the writes not sent yet (the protocol
+calls it when a framed session ends, so that a later client never receives
+the dead session's frames).
 """
 
 from __future__ import annotations
@@ -69,6 +76,27 @@ class DeviceAddress:
     """
 
     path: str
+
+
+def _discardWriteBuffer(transport: abstract.FileDescriptor) -> int:
+    """
+    Drop what C{transport} (an L{abstract.FileDescriptor}) has buffered for
+    writing and not written yet, and resume a producer that the full buffer
+    had paused.  A frame cut short this way is dropped by the receiving
+    decoder at the next LF.
+
+    @return: how many bytes were dropped.
+    """
+    dropped = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    transport.dataBuffer = b""
+    transport.offset = 0
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    producer = transport.producer
+    if dropped and producer is not None and transport.producerPaused and transport.connected:
+        transport.producerPaused = False
+        producer.resumeProducing()
+    return dropped
 
 
 # -- tty ------------------------------------------------------------------
@@ -209,6 +237,22 @@ class SerialTransport(SerialPort):
         if self.connected:
             self.connectionLost(Failure(ConnectionAborted()))
 
+    def discardBuffered(self) -> int:
+        """
+        Drop the writes not sent yet: those in our buffer, and those in the
+        tty's output queue (C{tcflush(TCOFLUSH)}).
+
+        @return: how many bytes were dropped from our buffer (the tty does
+            not say how many it dropped).
+        """
+        dropped = _discardWriteBuffer(self)
+        if self.connected:
+            try:
+                termios.tcflush(self.fileno(), termios.TCOFLUSH)
+            except (termios.error, OSError, ValueError):
+                pass
+        return dropped
+
     def connectionLost(self, reason: Failure) -> None:
         if self.disconnected:
             return
@@ -250,9 +294,10 @@ class DeviceTransport(abstract.FileDescriptor):
     the protocol's optional C{hostAway()}, and probes the fd after
     L{awayInitialDelay} seconds, doubling up to L{awayMaxDelay}: one C{read}
     per probe (or one C{poll} if the protocol paused reading).  When the
-    probe finds data or C{EAGAIN}, the host is back: the protocol's optional
-    C{hostReturned()} is called, reading resumes and buffered writes are
-    flushed.  Real errors (C{ENODEV} when the port is unplugged, C{EIO}, a
+    probe finds data or C{EAGAIN}, the host is back, as a new client: the
+    writes still buffered are discarded (they were for the host that left),
+    the protocol's optional C{hostReturned()} is called and reading resumes;
+    what the protocol writes from then on goes to the new host.  Real errors (C{ENODEV} when the port is unplugged, C{EIO}, a
     hang-up without C{POLLIN}) end the connection.
 
     @ivar path: the device path, for L{DeviceAddress} and the log.
@@ -399,6 +444,14 @@ class DeviceTransport(abstract.FileDescriptor):
     def _hasPendingWrites(self) -> bool:
         return len(self.dataBuffer) > self.offset or bool(self._tempDataLen)
 
+    def discardBuffered(self) -> int:
+        """
+        Drop the writes not sent yet.
+
+        @return: how many bytes were dropped.
+        """
+        return _discardWriteBuffer(self)
+
     # -- host away ------------------------------------------------------
 
     def _pollHostState(self) -> str:
@@ -433,12 +486,22 @@ class DeviceTransport(abstract.FileDescriptor):
 
     def _comeBack(self) -> None:
         self._away = False
-        self._log.info("host back on {path}", path=self.path)
+        # A host connection never survives a disconnect: this is a new
+        # client, and what was written for the one that left is not its.
+        dropped = _discardWriteBuffer(self)
+        if dropped:
+            self._log.info(
+                "host back on {path}; discarded {nbytes} bytes written for the host that left",
+                path=self.path,
+                nbytes=dropped,
+            )
+        else:
+            self._log.info("host back on {path}", path=self.path)
         if self._wantRead:
             abstract.FileDescriptor.startReading(self)
-        if self._hasPendingWrites():
-            abstract.FileDescriptor.startWriting(self)
         self._notify("hostReturned")
+        if self.connected and not self._away and self._hasPendingWrites():
+            abstract.FileDescriptor.startWriting(self)
 
     def _scheduleProbe(self) -> None:
         self._probeCall = self.clock.callLater(self._awayDelay, self._probe)
