@@ -15,15 +15,15 @@ the original CLI's 1 s silence timeout, because that CLI spins forever if
 the server closes first.
 """
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy.guest.lines import GuestLineProtocol
-from prokshy.guest.runner import CommandDirectory, CommandRefused, ExitStatus
-from prokshy.host.client import Session
-from prokshy.host.vm import VMUnavailable
+from prokshy.guest.runner import CommandDirectory, ExitStatus
+from prokshy.host.client import RunningExec, _ExecClient
+from prokshy.streams.stream import StreamRefused
 
 
 class _Names:
@@ -36,24 +36,38 @@ class _Names:
 
 class RemoteExecution:
     """
-    An L{Execution}-like handle on a command run through an exec stream.
+    An L{Execution}-like handle on a command run through an exec stream,
+    opened through the VM's L{prokshy.host.queue.OpenQueue} (so it may wait
+    there for room on a busy guest).
+
+    @param unavailable: called with a one-line reason when the daemon
+        cannot run the command (the VM is down or busy); the guest's own
+        refusals (no such command, ...) are only logged, as the original
+        agent ignores such lines.
     """
 
     log = Logger()
+    #: Refusal codes the client is told about, with a line.
+    _told = ("busy", "vm-unavailable", "too-big")
 
-    def __init__(self, session, name, sink):
+    def __init__(self, vm, client, name, sink, unavailable):
         self.name = name
         self.done = Deferred()
         self.finished = False
+        self._vm = vm
         self._sink = sink
+        self._unavailable = unavailable
         self._running = None
         self._stdin = []
         self._eof = False
         self._paused = False
-        d = session.execStream(name, sink.stdoutReceived, sink.stderrReceived)
-        d.addCallbacks(self._started, self._refused)
+        self._cancelled = False
+        exec_ = self._exec = _ExecClient(sink.stdoutReceived, sink.stderrReceived)
+        self._opening = vm.queue.open(client, "exec", {"name": name}, exec_)
+        self._opening.addCallbacks(lambda stream: self._started(RunningExec(stream, exec_)), self._refused)
 
     def _started(self, running):
+        self._opening = None
         self._running = running
         if self._paused:
             running.stream.pauseProducing()
@@ -68,7 +82,20 @@ class RemoteExecution:
         )
 
     def _refused(self, failure):
+        self._opening = None
+        if failure.check(CancelledError):
+            self._finish(ExitStatus(None, None))
+            return
         self.log.info("command {name!r} not run: {why}", name=self.name, why=failure.getErrorMessage())
+        if failure.check(StreamRefused) and failure.value.code in self._told:
+            e = failure.value
+            if e.code == "busy":
+                line = "vm %s busy" % (self._vm.name,)
+            elif e.code == "vm-unavailable" and not e.message.startswith("vm "):
+                line = "vm %s: %s" % (self._vm.name, e.message)
+            else:
+                line = e.message
+            self._unavailable(line)
         self._finish(ExitStatus(None, None))
 
     def _failed(self, failure):
@@ -106,24 +133,31 @@ class RemoteExecution:
         self.cancel()
 
     def cancel(self):
-        if self._running is not None and not self.finished:
+        if self.finished:
+            return
+        if self._running is not None:
             self._running.cancel()
+        elif self._opening is not None:
+            # Still waiting for room on the VM: withdraw it (if the guest
+            # accepts it meanwhile, the stream is reset at once).
+            self._exec.result.addErrback(lambda f: None)
+            self._opening.cancel()
 
 
 class _RemoteRunner:
     directory = _Names()
 
-    def __init__(self, vm, sinkForUnavailable):
+    def __init__(self, vm, client, unavailable):
         self.vm = vm
-        self._unavailable = sinkForUnavailable
+        self.client = client
+        self._unavailable = unavailable
 
-    def start(self, name, sink, timeout=None):
-        try:
-            session = Session(self.vm.mux)
-        except VMUnavailable as e:
-            self._unavailable(str(e))
-            raise CommandRefused("busy", str(e))
-        return RemoteExecution(session, CommandDirectory.checkName(name), sink)
+    def start(self, name, sink, timeout=None, line=False):
+        # The guest's line-protocol limits (line=True) are not asked for: the
+        # daemon cancels the command when its client goes away.
+        return RemoteExecution(
+            self.vm, self.client, CommandDirectory.checkName(name), sink, self._unavailable
+        )
 
 
 @implementer(IHalfCloseableProtocol)
@@ -136,11 +170,14 @@ class LegacyClient(GuestLineProtocol):
     #: A client that vanishes closes its own connection; a slow typist on
     #: nc must not lose a partial line.
     staleLine = float("inf")
+    #: Called with no arguments when the first line arrives (the daemon's
+    #: handshake timeout ends there).
+    onRequest = None
 
     def __init__(self, daemon, vm):
         self.daemon = daemon
         self.vm = vm
-        GuestLineProtocol.__init__(self, _RemoteRunner(vm, self._unavailable), daemon.reactor)
+        GuestLineProtocol.__init__(self, _RemoteRunner(vm, self, self._unavailable), daemon.reactor)
         self.handler.onIdle = self._idle
         self._closeCall = None
         self._inputDone = False
@@ -155,6 +192,12 @@ class LegacyClient(GuestLineProtocol):
             self._closeCall.cancel()
         self._closeCall = None
         return GuestLineProtocol.dataReceived(self, data)
+
+    def lineReceived(self, line):
+        onRequest, self.onRequest = self.onRequest, None
+        if onRequest is not None:
+            onRequest()
+        return GuestLineProtocol.lineReceived(self, line)
 
     def helloLineReceived(self, line):
         return None
