@@ -360,6 +360,7 @@ class OptionsTests(SynchronousTestCase):
     def setUp(self):
         self.certs = Certificates(shortTempDir(self, "pt"))
         self.tokenFile = _write(os.path.join(self.certs.dir, "token"), TOKEN.encode())
+        os.chmod(self.tokenFile, 0o600)  # the daemon refuses a token others may read
 
     def parse(self, *args):
         opts = host.Options()
@@ -469,6 +470,7 @@ class DaemonTests(TestCase):
     def setUp(self):
         self.certs = Certificates(shortTempDir(self, "pt"))
         tokenFile = _write(os.path.join(self.certs.dir, "token"), TOKEN.encode())
+        os.chmod(tokenFile, 0o600)
         self.harness = HostHarness(
             self,
             tcp=False,

@@ -245,6 +245,8 @@ class HostProtocol(Protocol):
     """
 
     log = Logger()
+    #: How the session's end is explained when the channel closes.
+    closedReason = "channel closed"
 
     def __init__(self, clock, config=None):
         self.clock = clock
@@ -266,7 +268,7 @@ class HostProtocol(Protocol):
 
     def connectionLost(self, reason):
         if self.link is not None:
-            self.link.stop("channel closed: %s" % (reason.getErrorMessage(),))
+            self.link.stop("%s: %s" % (self.closedReason, reason.getErrorMessage()))
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.errback(SessionEnded("channel closed before a session started"))

@@ -13,7 +13,26 @@ apart by the first bytes a client sends.
 
 Framed clients may open, besides the guest's own kinds (C{exec}, C{info}),
 C{status}: one JSON document describing every VM.  An OPEN may carry
-C{"vm": NAME}; without it the daemon's first VM is used.
+C{"vm": NAME}; without it the daemon's first VM is used.  Every open goes
+through the VM's L{prokshy.host.queue.OpenQueue}, which waits for room on a
+busy guest, fairly across clients.
+
+Limits, per listener (see L{prokshy.tap.host}):
+
+    limit                       default   beyond it
+    --------------------------  --------  -------------------------------------
+    --max-connections           1024      a new connection gets one line
+                                          (prokshy-host: too many connections)
+                                          and is closed at once
+    --handshake-timeout         10 s      a connection that has not finished
+                                          its hello (framed) or sent its first
+                                          request line (line protocol) is
+                                          closed (line clients get a line)
+    --max-streams-per-client    64        a framed client's further opens are
+                                          refused: too-many-streams
+
+A hello refused for want of a token tells the peer nothing but that:
+no VM names, no features.
 """
 
 import hmac
@@ -25,6 +44,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy._version import __version__
+from prokshy.guest.legacy import LogLimiter
 from prokshy.host.relay import relay
 from prokshy.host.vm import VMUnavailable
 from prokshy.link.session import Link, LinkConfig
@@ -33,6 +53,11 @@ from prokshy.streams.stream import StreamRefused, encodeJSON
 
 CLIENT_WINDOW = 256 * 1024
 CLIENT_PAYLOAD = 16 * 1024
+#: Defaults of the per-listener limits (see the module docstring).
+MAX_CONNECTIONS = 1024
+HANDSHAKE_TIMEOUT = 10.0
+MAX_STREAMS_PER_CLIENT = 64
+FEATURES = ("exec", "info", "signal", "stderr", "status", "vm")
 
 
 class StatusProtocol(Protocol):
@@ -51,35 +76,41 @@ class FramedClient(Protocol):
 
     log = Logger()
 
-    def __init__(self, daemon, policy):
+    def __init__(self, daemon, policy, onSession=None):
         self.daemon = daemon
         self.policy = policy
         self.mux = Mux("guest", openHandler=self._open, window=CLIENT_WINDOW)
         self.mux.authorize = self._authorize
         self.mux.whenDown(self._down)
+        if onSession is not None:
+            self.mux.whenUp(lambda info: onSession())
         self.link = None
         self._closeCall = None
 
     def connectionMade(self):
+        # Until a hello is authorized, our hello says nothing about us (a
+        # refusal goes out with these fields): no features, no VM names.
         config = LinkConfig(
             window=CLIENT_WINDOW,
             maxPayload=CLIENT_PAYLOAD,
-            features=("exec", "info", "signal", "stderr", "status", "vm"),
-            extra={"server": "prokshy-host", "vms": self.daemon.names},
+            features=(),
+            extra={"agent": "prokshy-host"},
         )
         self.link = Link(self.daemon.reactor, self.transport.write, "guest", self.mux, config)
         self.link.start()
 
     def _authorize(self, hello):
         token = self.daemon.token
-        if token is None or not self.policy.requireToken:
-            return None
-        given = hello.get("auth")
-        if isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode()):
-            return None
-        if self._closeCall is None:
-            self._closeCall = self.daemon.reactor.callLater(0.1, self.transport.loseConnection)
-        return "authentication required: a valid token (--auth-token-file)"
+        if token is not None and self.policy.requireToken:
+            given = hello.get("auth")
+            if not (isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode())):
+                if self._closeCall is None:
+                    self._closeCall = self.daemon.reactor.callLater(0.1, self.transport.loseConnection)
+                return "authentication required"
+        config = self.link.config
+        config.features = FEATURES
+        config.extra = {"server": "prokshy-host", "vms": self.daemon.names}
+        return None
 
     def dataReceived(self, data):
         self.link.dataReceived(data)
@@ -96,21 +127,32 @@ class FramedClient(Protocol):
             self.link.stop("client went away")
 
     def _open(self, stream):
+        limit = self.daemon.maxStreamsPerClient
+        if len(self.mux.streams) > limit:
+            # (the table holds this stream too)
+            raise StreamRefused(
+                "too-many-streams",
+                "this client has %d streams open, the limit (--max-streams-per-client)"
+                % (len(self.mux.streams) - 1,),
+            )
         kind = stream.kind
         if kind == "status":
             return StatusProtocol(self.daemon)
         args = dict(stream.args)
         name = args.pop("vm", None)
+        named = name is not None
         if name is None:
             name = self.daemon.defaultVM
         vm = self.daemon.vms.get(name) if isinstance(name, str) else None
         if vm is None:
             raise StreamRefused("no-such-vm", "no vm named %r (have: %s)" % (name, ", ".join(self.daemon.names)))
         try:
-            mux = vm.mux
+            vm.mux
         except VMUnavailable as e:
-            raise StreamRefused("vm-unavailable", str(e))
-        return relay(mux, stream, kind, args)
+            # A client that named the VM says which one itself (the CLI's
+            # "vm NAME: ..."): the name is not repeated.
+            raise StreamRefused("vm-unavailable", e.detail if named else str(e))
+        return relay(vm.queue, self, stream, kind, args)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -122,11 +164,41 @@ class ClientChannel(Protocol):
 
     log = Logger()
 
-    def __init__(self, daemon, policy):
+    def __init__(self, daemon, policy, factory=None):
         self.daemon = daemon
         self.policy = policy
+        self.factory = factory
         self.inner = None
         self._buf = b""
+        self._handshakeCall = None
+
+    def connectionMade(self):
+        timeout = self.daemon.handshakeTimeout
+        if timeout:
+            self._handshakeCall = self.daemon.reactor.callLater(timeout, self._handshakeExpired)
+
+    def handshakeDone(self):
+        """
+        The framed session is up, or the first request line came in.
+        """
+        if self._handshakeCall is not None and self._handshakeCall.active():
+            self._handshakeCall.cancel()
+        self._handshakeCall = None
+
+    def _handshakeExpired(self):
+        self._handshakeCall = None
+        timeout = self.daemon.handshakeTimeout
+        self.daemon.handshakeLog.emit(
+            "closed a connection on {listener}: no {what} within {timeout} s (--handshake-timeout)",
+            listener=self.policy.description,
+            what="hello" if not isinstance(self.inner, _legacyClass()) else "request line",
+            timeout=timeout,
+        )
+        if isinstance(self.inner, _legacyClass()):
+            self.transport.write(b"prokshy-host: no request line within %g s\n" % (timeout,))
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
 
     def dataReceived(self, data):
         if self.inner is not None:
@@ -137,7 +209,7 @@ class ClientChannel(Protocol):
         if buf == b"\n":
             return  # wait: LF 0xFF starts a framed hello
         if buf.startswith(b"\n\xff") or buf.startswith(b"\xff"):
-            self.inner = FramedClient(self.daemon, self.policy)
+            self.inner = FramedClient(self.daemon, self.policy, onSession=self.handshakeDone)
         elif not self.policy.legacy:
             self.log.info("refused a legacy client on {listener}", listener=self.policy.description)
             self.transport.write(b"prokshy-host: the line protocol is only served on unix and loopback listeners\n")
@@ -147,6 +219,7 @@ class ClientChannel(Protocol):
             from prokshy.host.legacy import LegacyClient
 
             self.inner = LegacyClient(self.daemon, self.daemon.legacyVM(self.policy))
+            self.inner.onRequest = self.handshakeDone
         self._buf = b""
         self.inner.makeConnection(self.transport)
         self.inner.dataReceived(buf)
@@ -162,19 +235,59 @@ class ClientChannel(Protocol):
         pass
 
     def connectionLost(self, reason):
+        self.handshakeDone()
+        if self.factory is not None:
+            self.factory.connections -= 1
         if self.inner is not None:
             self.inner.connectionLost(reason)
 
 
+def _legacyClass():
+    from prokshy.host.legacy import LegacyClient
+
+    return LegacyClient
+
+
+class _TooMany(Protocol):
+    """
+    A connection beyond C{--max-connections}: one line, then closed.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+
+    def connectionMade(self):
+        self.transport.write(
+            b"prokshy-host: too many connections (%d, --max-connections); try again later\n" % (self.limit,)
+        )
+        self.transport.loseConnection()
+
+
 class ClientFactory(Factory):
+    """
+    The clients of one listener.
+
+    @ivar connections: the connections open now.
+    """
+
     noisy = False
 
     def __init__(self, daemon, policy):
         self.daemon = daemon
         self.policy = policy
+        self.connections = 0
 
     def buildProtocol(self, addr):
-        return ClientChannel(self.daemon, self.policy)
+        limit = self.daemon.maxConnections
+        if limit and self.connections >= limit:
+            self.daemon.connectionsLog.emit(
+                "refused a connection on {listener}: {n} open, the limit (--max-connections)",
+                listener=self.policy.description,
+                n=self.connections,
+            )
+            return _TooMany(limit)
+        self.connections += 1
+        return ClientChannel(self.daemon, self.policy, self)
 
 
 class Daemon:
@@ -185,13 +298,30 @@ class Daemon:
     @ivar token: the auth token, or None.
     """
 
-    def __init__(self, reactor, vms, token=None, legacyVMs=None, linger=1.5):
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor,
+        vms,
+        token=None,
+        legacyVMs=None,
+        linger=1.5,
+        maxConnections=MAX_CONNECTIONS,
+        handshakeTimeout=HANDSHAKE_TIMEOUT,
+        maxStreamsPerClient=MAX_STREAMS_PER_CLIENT,
+    ):
         self.reactor = reactor
         self.vms = vms
         self.token = token
         self.legacyVMs = legacyVMs or {}
         self.linger = linger
+        self.maxConnections = maxConnections
+        self.handshakeTimeout = handshakeTimeout
+        self.maxStreamsPerClient = maxStreamsPerClient
         self.startedAt = time.time()
+        self.handshakeLog = LogLimiter(reactor, self.log, interval=10.0)
+        self.connectionsLog = LogLimiter(reactor, self.log, interval=10.0)
 
     @property
     def names(self):

@@ -11,6 +11,16 @@ socket, re-established with backoff, and a framed session on it.
 
 The daemon says hello after every connect and reads the socket continuously
 (bhyve stalls the guest's output when its one client stops reading).
+
+Logging: one line per state change (and per new reason a connect fails
+for), then, while the VM stays down, a reminder after 1 minute, doubling up
+to one every hour.  Twisted's "Scheduling retry N" line for each connection
+attempt (one a second) is not logged.
+
+Stopping the service (the daemon stopping) says GOODBYE on the session, so
+that the guest ends it at once and a later client of the VM's socket
+starts clean; the stop waits at most L{STOP_FLUSH} seconds for that to be
+written.
 """
 
 import time
@@ -18,15 +28,80 @@ import time
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 
 from prokshy.host.client import HostProtocol
+from prokshy.host.queue import OpenQueue
+
+#: Seconds before the first "still down" reminder; it doubles up to
+#: L{REMIND_MAX}.
+REMIND_FIRST = 60.0
+REMIND_MAX = 3600.0
+#: Seconds a stopping daemon waits for its GOODBYE to be written to a VM.
+STOP_FLUSH = 1.0
 
 
 class VMUnavailable(Exception):
     """
     The VM has no session now.
+
+    @ivar vm: the VM's name.
+    @ivar detail: why, without the VM's name.
     """
+
+    def __init__(self, vm, detail):
+        Exception.__init__(self, "vm %s: %s" % (vm, detail))
+        self.vm = vm
+        self.detail = detail
+
+
+def _quietRetries(event):
+    """
+    A log observer for L{ClientService}: everything but its per-attempt
+    "Scheduling retry" lines goes on to the global log.
+    """
+    if str(event.get("log_format", "")).startswith("Scheduling retry"):
+        return
+    globalLogPublisher(event)
+
+
+class _VMService(ClientService):
+    """
+    A L{ClientService} that logs no line per connection attempt and says
+    GOODBYE to the VM when it stops.
+    """
+
+    _log = Logger(namespace="prokshy.host.vm.ClientService", observer=_quietRetries)
+
+    def __init__(self, vm, *args, **kwargs):
+        ClientService.__init__(self, *args, **kwargs)
+        self.vm = vm
+
+    def startService(self):
+        self.vm._stopping = False
+        ClientService.startService(self)
+
+    def stopService(self):
+        proto = self.vm.protocol
+        self.vm._stopping = True
+        self.vm._cancelReminder()
+        if proto is None or proto.transport is None:
+            return ClientService.stopService(self)
+        if proto.link is not None and proto.link.state == "UP":
+            proto.link.goodbye("host daemon stopping")
+        stopped = ClientService.stopService(self)
+        # loseConnection writes what is buffered (the GOODBYE) first; a VM
+        # socket that takes nothing is aborted after STOP_FLUSH seconds.
+        transport = proto.transport
+        clock = self.vm.reactor
+        timer = clock.callLater(STOP_FLUSH, transport.abortConnection)
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return stopped.addBoth(done)
 
 
 class _RecordingEndpoint:
@@ -47,6 +122,9 @@ class _RecordingEndpoint:
         self.vm._connectFailed(failure)
         return failure
 
+    def __repr__(self):
+        return "<vm %s console %s>" % (self.vm.name, self.vm.path)
+
 
 class VMConnection:
     """
@@ -55,11 +133,14 @@ class VMConnection:
     @ivar state: C{"connecting"}, C{"connected"} or C{"up"}.
     @ivar since: wall-clock time of the last state change.
     @ivar protocol: the current L{HostProtocol}, or None.
+    @ivar queue: the L{OpenQueue} every stream opened on this VM goes
+        through.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, name, path, linkConfig=None, maxDelay=1.0):
+    def __init__(self, reactor, name, path, linkConfig=None, maxDelay=1.0, endpoint=None,
+                 maxWaiting=None):
         self.reactor = reactor
         self.name = name
         self.path = path
@@ -69,27 +150,71 @@ class VMConnection:
         self.reason = "not connected yet"
         self.protocol = None
         self.sessions = 0
-        endpoint = _RecordingEndpoint(UNIXClientEndpoint(reactor, path, timeout=2), self)
+        self._logged = None
+        self._reminder = None
+        self._remindDelay = REMIND_FIRST
+        self._stopping = False
+        kwargs = {} if maxWaiting is None else {"maxWaiting": maxWaiting}
+        self.queue = OpenQueue(self, reactor, **kwargs)
+        if endpoint is None:
+            endpoint = UNIXClientEndpoint(reactor, path, timeout=2)
         factory = Factory.forProtocol(self._buildProtocol)
         factory.noisy = False
-        self.service = ClientService(
-            endpoint,
+        self.service = _VMService(
+            self,
+            _RecordingEndpoint(endpoint, self),
             factory,
             retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=maxDelay, factor=2.0, jitter=lambda: 0),
             clock=reactor,
         )
 
     def _setState(self, state, reason):
-        if state != self.state:
-            self.log.info(
-                "vm {vm}: {old} -> {new} ({why})", vm=self.name, old=self.state, new=state, why=reason
-            )
+        old = self.state
+        changed = state != old
+        if changed:
             self.state = state
             self.since = time.time()
         self.reason = reason
+        if changed or (state != "up" and reason != self._logged):
+            self._logged = reason
+            if changed:
+                self.log.info("vm {vm}: {old} -> {new} ({why})", vm=self.name, old=old, new=state, why=reason)
+            else:
+                self.log.info("vm {vm}: {state} ({why})", vm=self.name, state=state, why=reason)
+            self._cancelReminder()
+            self._remindDelay = REMIND_FIRST
+            if state != "up" and not self._stopping:
+                self._scheduleReminder()
+
+    # -- reminders while down -----------------------------------------------
+
+    def _scheduleReminder(self):
+        self._reminder = self.reactor.callLater(self._remindDelay, self._remind)
+
+    def _cancelReminder(self):
+        if self._reminder is not None and self._reminder.active():
+            self._reminder.cancel()
+        self._reminder = None
+
+    def _remind(self):
+        self._reminder = None
+        if self.state == "up" or self._stopping:
+            return
+        self.log.info(
+            "vm {vm}: still {state} since {since} ({why})",
+            vm=self.name,
+            state=self.state,
+            since=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)),
+            why=self.reason,
+        )
+        self._remindDelay = min(self._remindDelay * 2, REMIND_MAX)
+        self._scheduleReminder()
+
+    # -- the connection -----------------------------------------------------
 
     def _buildProtocol(self):
         proto = HostProtocol(self.reactor, self.linkConfig)
+        proto.closedReason = "vm down: console socket closed"
         proto.mux.whenUp(lambda info: self._up(proto, info))
         proto.mux.whenDown(lambda why: self._down(proto, why))
         proto.whenLost(lambda why: self._lost(proto, why))
@@ -101,10 +226,13 @@ class VMConnection:
         if proto is self.protocol:
             self.sessions += 1
             self._setState("up", "session with agent %s" % (info.peerHello.get("agent", "?"),))
+            self.queue.sessionUp(info)
 
     def _down(self, proto, why):
-        if proto is self.protocol and self.state == "up":
-            self._setState("connected", str(why))
+        if proto is self.protocol:
+            if self.state == "up":
+                self._setState("connected", str(why))
+            self.queue.sessionDown(why)
 
     def _lost(self, proto, why):
         if proto is self.protocol:
@@ -124,13 +252,13 @@ class VMConnection:
         proto = self.protocol
         if self.state != "up" or proto is None or not proto.mux.connected:
             raise VMUnavailable(
-                "vm %s: %s since %s (%s)"
+                self.name,
+                "%s since %s (%s)"
                 % (
-                    self.name,
                     "no agent session" if self.state == "connected" else "not connected",
                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)),
                     self.reason,
-                )
+                ),
             )
         return proto.mux
 
@@ -146,6 +274,7 @@ class VMConnection:
             "reason": self.reason,
             "sessions": self.sessions,
         }
+        d.update(self.queue.status())
         proto = self.protocol
         if proto is not None and proto.link is not None:
             snap = proto.link.snapshot()
@@ -162,3 +291,6 @@ class VMConnection:
             if proto.mux.info is not None:
                 d["agent"] = proto.mux.info.peerHello.get("agent")
         return d
+
+
+__all__ = ["VMConnection", "VMUnavailable"]

@@ -4,11 +4,22 @@ C{twistd prokshy-host}: Options and makeService for the host daemon.
 
     twistd [-n] prokshy-host --listen ENDPOINT [--listen ENDPOINT ...]
                              (--vm NAME=SOCKET_PATH [--vm ...] | --socket-path SOCKET_PATH)
-                             [--tls-ca FILE]
+                             [--tls-ca FILE] [--auth-token-file FILE]
+                             [--max-connections N] [--handshake-timeout SECONDS]
+                             [--max-streams-per-client N] [--max-waiting N]
+
+The token file must be readable by its owner only (mode 0600 or 0400): a
+file that others may read or write is refused at start.
 """
 
+import os
 import re
+import stat
+import sys
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
 _VM_NAME = re.compile(r"[a-zA-Z0-9_.-]+\Z")
@@ -36,6 +47,18 @@ class Options(usage.Options):
         ["ping-interval", None, 1.0, "Seconds between keepalive pings on each VM's session.", float],
         ["dead-after", None, 8.0,
          "Seconds of silence after which a VM's agent is taken as gone.", float],
+        ["max-connections", None, 1024,
+         ("Connections open at once per listener; a connection beyond it gets one "
+          "line and is closed. 0: no limit."), int],
+        ["handshake-timeout", None, 10.0,
+         ("Seconds a new connection has to finish its hello (framed) or send its "
+          "first request line (line protocol) before it is closed. 0: no limit."), float],
+        ["max-streams-per-client", None, 64,
+         ("Streams a framed client may have open at once; its further opens are "
+          "refused (too-many-streams)."), int],
+        ["max-waiting", None, 4096,
+         ("Commands that may wait per VM while its guest is busy (beyond them, a "
+          "command is refused as busy)."), int],
     ]
 
     def __init__(self):
@@ -77,6 +100,11 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--ping-interval must be positive and --dead-after longer than it"
             )
+        for name in ("max-connections", "max-streams-per-client", "max-waiting"):
+            if self[name] < 0 or (self[name] == 0 and name != "max-connections"):
+                raise usage.UsageError("--%s must be a positive number" % (name,))
+        if self["handshake-timeout"] < 0:
+            raise usage.UsageError("--handshake-timeout must not be negative")
         if self["socket-path"] and self["vms"]:
             raise usage.UsageError("use either --vm or --socket-path, not both")
         if self["socket-path"]:
@@ -88,11 +116,18 @@ class Options(usage.Options):
                 raise usage.UsageError("--legacy-vm %r: no such vm" % (name,))
         self["token"] = None
         if self["auth-token-file"]:
+            path = self["auth-token-file"]
             try:
-                with open(self["auth-token-file"]) as f:
+                with open(path) as f:
+                    mode = os.fstat(f.fileno()).st_mode
                     token = f.read().strip()
             except OSError as e:
-                raise usage.UsageError("cannot read %s: %s" % (self["auth-token-file"], e.strerror))
+                raise usage.UsageError("cannot read %s: %s" % (path, e.strerror))
+            if mode & 0o066:
+                raise usage.UsageError(
+                    "the auth token file %s may be read or written by other users (mode %04o): "
+                    "chmod 600 it" % (path, stat.S_IMODE(mode))
+                )
             if len(token) < 16:
                 raise usage.UsageError("the auth token must be at least 16 characters")
             self["token"] = token
@@ -139,11 +174,13 @@ class Options(usage.Options):
 def makeService(options, reactor=None):
     """
     Build the daemon: one ClientService per VM, one listener per --listen.
+
+    A listener that cannot listen (a busy port, a bad path) stops the start
+    with one line on stderr and exit status 1, not a traceback.
     """
     if reactor is None:
         from twisted.internet import reactor
-    from twisted.application import service, strports
-    from twisted.application.internet import StreamServerEndpointService
+    from twisted.application import service
     from twisted.internet.endpoints import serverFromString
 
     from prokshy.host.server import ClientFactory, Daemon
@@ -162,13 +199,22 @@ def makeService(options, reactor=None):
             deadAfter=options["dead-after"],
             probeAfter=min(1.5, options["dead-after"] / 2),
         )
-        vm = VMConnection(reactor, name, path, linkConfig=config)
+        vm = VMConnection(reactor, name, path, linkConfig=config, maxWaiting=options["max-waiting"])
         vm.service.setServiceParent(top)
         vms[name] = vm
     legacy = {}
     for index, name in options["legacy-vm"]:
         legacy[options["policies"][index].description] = name
-    daemon = Daemon(reactor, vms, token=options["token"], legacyVMs=legacy, linger=options["legacy-linger"])
+    daemon = Daemon(
+        reactor,
+        vms,
+        token=options["token"],
+        legacyVMs=legacy,
+        linger=options["legacy-linger"],
+        maxConnections=options["max-connections"],
+        handshakeTimeout=options["handshake-timeout"],
+        maxStreamsPerClient=options["max-streams-per-client"],
+    )
     top.daemon = daemon
     tlsListeners = options.get("tls", {})
     for index, policy in enumerate(options["policies"]):
@@ -181,12 +227,51 @@ def makeService(options, reactor=None):
             from prokshy.host.tls import tcpDescription
 
             params, contextFactory = tlsListeners[index]
-            svc = StreamServerEndpointService(
+            svc = ListenerService(
+                options["listen"][index],
                 serverFromString(reactor, tcpDescription(params)),
                 TLSMemoryBIOFactory(contextFactory, False, factory),
             )
-            svc._raiseSynchronously = True  # as strports.service does
         else:
-            svc = strports.service(policy.description, factory, reactor=reactor)
+            svc = ListenerService(options["listen"][index], serverFromString(reactor, policy.description), factory)
         svc.setServiceParent(top)
     return top
+
+
+_log = Logger()
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    A listener (as C{strports.service} makes) whose failure to listen ends
+    the start with one line.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, description, endpoint, factory):
+        StreamServerEndpointService.__init__(self, endpoint, factory)
+        self.description = description
+
+    def privilegedStartService(self):
+        try:
+            StreamServerEndpointService.privilegedStartService(self)
+        except CannotListenError as e:
+            cannotListen(self.description, e)
+
+
+def cannotListen(description, error):
+    """
+    Say in one line that C{description} cannot listen, and exit with
+    status 1 (twistd would print a traceback for an exception).
+    """
+    why = error.socketError
+    if isinstance(why, OSError) and why.strerror:
+        why = why.strerror
+    message = "prokshy-host: cannot listen on %s: %s" % (description, why)
+    _log.error("{message}", message=message)
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(message + "\n")
+        stream.flush()
+    raise SystemExit(1)
