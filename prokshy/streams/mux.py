@@ -173,7 +173,11 @@ class Mux:
         body = dict(args)
         body["kind"] = kind
         body["window"] = self.window
-        self._sendFrame(frames.OPEN, sid, encodeJSON(body))
+        try:
+            self._sendFrame(frames.OPEN, sid, encodeJSON(body))
+        except BaseException:
+            del self._pending[sid]  # an OPEN the link would not take
+            raise
         return d
 
     def _openAnswered(self, frame):
