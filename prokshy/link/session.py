@@ -307,6 +307,7 @@ class Link:
         self._heard()
         if self.state == "UP" and hello["nonce"] == self.info.peerNonce:
             self._sendHello(peer=hello["nonce"])
+            self._pump()  # anything held back while we were quiet
             return
         version = self._negotiate(hello)
         refusal = None
