@@ -1,0 +1,62 @@
+"""
+Tools for prokshy's Automat state machines (C{automat.MethodicalMachine}).
+
+Every machine in prokshy declares each (state, input) pair: either a real
+transition or a declared error (a transition whose output logs or raises a
+clear error, or ignores the input on purpose). L{undeclared} lists the pairs
+a machine leaves out, and the tests require it to be empty for every
+machine, so a missing transition cannot hide.  L{table} renders the
+transition table; each machine's module docstring carries it, and a test
+checks that the docstring matches the machine.
+"""
+
+from typing import List, Set, Tuple
+
+
+def _name(thing) -> str:
+    return thing.method.__name__
+
+
+def transitions(machine) -> List[Tuple[str, str, str, Tuple[str, ...]]]:
+    """
+    The machine's transitions as (state, input, new state, outputs), by name,
+    sorted.
+    """
+    automaton = machine._automaton
+    return sorted(
+        (_name(old), _name(inp), _name(new), tuple(_name(o) for o in outputs))
+        for old, inp, new, outputs in automaton.allTransitions()
+    )
+
+
+def states(machine) -> List[str]:
+    return sorted(_name(s) for s in machine._automaton.states())
+
+
+def inputs(machine) -> List[str]:
+    return sorted(_name(i) for i in machine._automaton.inputAlphabet())
+
+
+def undeclared(machine) -> Set[Tuple[str, str]]:
+    """
+    The (state, input) pairs for which the machine declares nothing.
+    """
+    declared = {(old, inp) for old, inp, _new, _outputs in transitions(machine)}
+    return {(s, i) for s in states(machine) for i in inputs(machine)} - declared
+
+
+def table(machine) -> str:
+    """
+    The transition table as indented text, one transition a line::
+
+        state         input          -> new state     outputs
+    """
+    rows = transitions(machine)
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    w2 = max(len(r[2]) for r in rows)
+    lines = []
+    for old, inp, new, outputs in rows:
+        line = "    %-*s  %-*s  -> %-*s  %s" % (w0, old, w1, inp, w2, new, ", ".join(outputs))
+        lines.append(line.rstrip())
+    return "\n".join(lines)
