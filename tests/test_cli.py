@@ -372,12 +372,15 @@ class RunLegacyTests(unittest.TestCase):
 
     def test_brokenPipeQuiet(self):
         """
-        A broken output pipe is exit code 1 without a message; other output
-        errors get one.
+        A broken output pipe is exit code 141 (as C{cat} killed by SIGPIPE)
+        without a message; other output errors are 1 with one.
         """
         stderr = io.StringIO()
         epipe = Failure(OutputError(BrokenPipeError(errno.EPIPE, "Broken pipe")))
-        self.assertEqual(climain.exitCodeForFailure(epipe, "/s", stderr), 1)
+        self.assertEqual(climain.exitCodeForFailure(epipe, "/s", stderr), 141)
+        self.assertEqual(climain.EXIT_PIPE, 141)
+        closed = Failure(OutputError(error.ConnectionDone("the reader closed the pipe")))
+        self.assertEqual(climain.exitCodeForFailure(closed, "/s", stderr), 141)
         self.assertEqual(stderr.getvalue(), "")
         enospc = Failure(OutputError(OSError(errno.ENOSPC, "No space left")))
         self.assertEqual(climain.exitCodeForFailure(enospc, "/s", stderr), 1)

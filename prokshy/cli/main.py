@@ -4,38 +4,65 @@ The C{prokshy} command: run a guest command through the VM's console socket.
 Exit codes:
 
   - framed protocol: the remote command's exit status, or 128+N when
-    signal N ended it; 124 when the guest's timeout killed it; 126 when the
-    guest refused it (bad name, not executable, insecure); 127 when there
-    is no such command; 255 on a transport failure (the session ended, the
-    VM is unavailable, no session could be started).
+    signal N ended it; 124 when the guest's timeout killed it; 125 when the
+    guest cut its output at its C{--max-output} limit (and stopped it);
+    126 when the guest refused it (bad name, not executable, insecure); 127
+    when there is no such command; 255 on a transport failure (the session
+    ended, the VM is unavailable, no session could be started).
   - line protocol (the original agent): C{0} when the exchange ended (after
     C{--timeout} seconds of silence, or when the other end closed the
     connection). As in the original tool this says nothing about the remote
-    command, whose exit status is not sent.
+    command, whose exit status is not sent.  In C{auto} mode a fallback
+    that got no byte back is not success: C{255}, with a one-line message
+    saying what was tried (C{--protocol legacy} accepts an empty answer).
   - C{1}: the socket could not be connected to, or the output could not be
-    written. A one-line message goes to stderr.
-  - C{2}: usage error.
+    written (other than a closed pipe). A one-line message goes to stderr.
+  - C{2}: usage error (a bad C{--connect} endpoint included).
   - C{130}: interrupted (the reactor was stopped by a signal).
+  - C{141}: stdout was closed by its reader (C{| head}): the remote
+    commands are cancelled and the CLI exits quietly, as C{cat} killed by
+    SIGPIPE does.
+
+stdout and stderr are written without blocking the reactor (see
+L{prokshy.cli.output}): a slow reader holds the remote command back
+through the framed protocol's credit, and keepalives go on meanwhile.
 """
 
-import errno
+import json
 import os
+import re
 import sys
 
 from twisted.internet import error, task
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, clientFromString
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 
-from prokshy.cli.framed import AutoChannel, CLIError, FramedRun
-from prokshy.cli.legacy import OutputError, runLegacy
+from prokshy.cli.framed import EXIT_TRUNCATED, AutoChannel, CLIError, FramedRun
+from prokshy.cli.legacy import Collector, OutputError, legacyRecord, runLegacy
 from prokshy.cli.options import parseArgs
+from prokshy.cli.output import EXIT_PIPE, FileOutput, OutputPort, isClosedPipe, openOutput
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 255
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PIPE",
+    "EXIT_TRUNCATED",
+    "EXIT_USAGE",
+    "exitCodeForFailure",
+    "internalError",
+    "main",
+    "run",
+]
 
 
 def _describeConnectError(exc):
@@ -54,10 +81,15 @@ def _describeConnectError(exc):
 
 def _report(message, stderr=None):
     """
-    Write C{prokshy: message} to stderr.
+    Write C{prokshy: message} to stderr: a text stream, or one of the CLI's
+    outputs (bytes, not blocking).
     """
     stderr = sys.stderr if stderr is None else stderr
-    stderr.write(f"prokshy: {message}\n")
+    line = f"prokshy: {message}\n"
+    if isinstance(stderr, (OutputPort, FileOutput)):
+        stderr.write(line.encode("utf-8", "replace"))
+        return
+    stderr.write(line)
     stderr.flush()
 
 
@@ -65,6 +97,8 @@ def exitCodeForFailure(failure, socketPath, stderr=None):
     """
     Turn an expected failure of the exchange into an exit code, reporting it
     on stderr in one line. Unexpected failures are returned unchanged.
+
+    A closed output pipe is L{EXIT_PIPE}, without a message.
     """
     if failure.check(error.ConnectError, OSError):
         reason = _describeConnectError(failure.value)
@@ -72,8 +106,9 @@ def exitCodeForFailure(failure, socketPath, stderr=None):
         return EXIT_FAILURE
     if failure.check(OutputError):
         e = failure.value.error
-        if e.errno != errno.EPIPE:
-            _report(f"cannot write output: {e.strerror or e}", stderr)
+        if isClosedPipe(e):
+            return EXIT_PIPE
+        _report(f"cannot write output: {getattr(e, 'strerror', None) or e}", stderr)
         return EXIT_FAILURE
     return failure
 
@@ -82,13 +117,49 @@ def _target(options):
     return options.socket_path if options.socket_path is not None else options.connect
 
 
+_KNOWN_PREFIXES = ("tcp", "tcp6", "unix", "ssl", "tls", "tor", "onion", "systemd", "stdio", "fd")
+
+
+def connectHint(text):
+    """
+    A suggestion for a C{--connect} value that is not an endpoint string:
+    C{tcp:host=H:port=P} for C{H:P} or a bare port, C{unix:path=...} for a
+    path.
+
+    @rtype: L{str} or L{None}
+    """
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)", text)
+    if m:
+        return "tcp6:host=%s:port=%s" % (m.group(1).replace(":", "\\:"), m.group(2))
+    m = re.fullmatch(r"([A-Za-z0-9._-]+):(\d+)", text)
+    if m and m.group(1).lower() not in _KNOWN_PREFIXES:
+        return "tcp:host=%s:port=%s" % m.groups()
+    if text.isdigit():
+        return "tcp:host=127.0.0.1:port=%s" % (text,)
+    if text.startswith(("/", "./", "~")):
+        return "unix:path=%s (or --socket-path %s)" % (text, text)
+    return None
+
+
 def _endpoint(reactor, options):
     if options.socket_path is not None:
         return UNIXClientEndpoint(reactor, options.socket_path)
     try:
         return clientFromString(reactor, options.connect)
     except (ValueError, KeyError, TypeError) as e:
-        raise CLIError(f"bad --connect endpoint {options.connect!r}: {e}", EXIT_USAGE)
+        hint = connectHint(options.connect)
+        if hint is None:
+            hint = "tcp:host=127.0.0.1:port=7000 or unix:path=/path/to/prokshy-host.sock"
+            advice = "an endpoint string looks like %s" % (hint,)
+        else:
+            advice = "did you mean %s?" % (hint,)
+        raise CLIError(f"bad --connect endpoint {options.connect!r}: {e}; {advice}", EXIT_USAGE)
+
+
+class _Nowhere:
+    def write(self, data):
+        pass
 
 
 def run(reactor, options, output=None, errors=None, current=None):
@@ -96,59 +167,83 @@ def run(reactor, options, output=None, errors=None, current=None):
     Run what C{options} describe.
 
     @param options: the result of L{parseArgs}.
-    @param output: a binary file-like object; C{sys.stdout.buffer} by
-        default.
-    @param errors: a binary file-like object; C{sys.stderr.buffer} by
-        default.
+    @param output: a file descriptor number, or a binary file-like object;
+        file descriptor 1 by default.
+    @param errors: the same for messages and the commands' stderr; file
+        descriptor 2 by default.
     @param current: a list that receives the L{FramedRun}, for interrupts.
-    @return: a L{Deferred} firing with the exit code.
+    @return: a L{Deferred} firing with the exit code, once the output is
+        written.
     """
-    if output is None:
-        output = sys.stdout.buffer
-    if errors is None:
-        errors = sys.stderr.buffer
-    if options.protocol == "legacy":
-        d = _runLegacy(reactor, options, output)
-    else:
-        d = ensureDeferred(_runFramed(reactor, options, output, errors, current))
-    if output is sys.stdout.buffer:
-        d.addErrback(_stdoutBroken)
-    d.addErrback(exitCodeForFailure, _target(options))
-    return d
+    return ensureDeferred(_run(reactor, options, output, errors, current))
 
 
-async def _runFramed(reactor, options, output, errors, current):
+async def _run(reactor, options, output, errors, current):
+    try:
+        stderr = openOutput(reactor, 2 if errors is None else errors, "stderr")
+    except OSError:
+        stderr = FileOutput(_Nowhere(), "stderr")
+    try:
+        stdout = openOutput(reactor, 1 if output is None else output, "stdout")
+    except OSError as e:
+        _report(f"cannot write output: {e.strerror or e}", stderr)
+        await stderr.close()
+        return EXIT_FAILURE
+    try:
+        try:
+            if options.protocol == "legacy":
+                code = await _runLegacy(reactor, options, stdout)
+            else:
+                code = await _runFramed(reactor, options, stdout, stderr, current)
+        except Exception:
+            code = exitCodeForFailure(Failure(), _target(options), stderr)
+            if isinstance(code, Failure):
+                code.raiseException()
+        await stdout.close()
+        if stdout.lost and code != EXIT_PIPE:
+            code = exitCodeForFailure(Failure(OutputError(stdout.error)), None, stderr)
+        await stderr.close()
+    finally:
+        stdout.restore()
+        stderr.restore()
+    return code
+
+
+async def _runFramed(reactor, options, stdout, stderr, current):
     try:
         endpoint = _endpoint(reactor, options)
     except CLIError as e:
-        _report(e.message)
+        _report(e.message, stderr)
         return e.code
-    channel = AutoChannel(reactor, options, output)
+    channel = AutoChannel(reactor, options, stdout, _target(options))
     await endpoint.connect(Factory.forProtocol(lambda: channel))
     try:
-        mode, proto = await channel.decided
+        mode, value = await channel.decided
     except CLIError as e:
-        _report(e.message)
+        _report(e.message, stderr)
         return e.code
     if mode == "legacy":
-        return await proto.done
-    framed = FramedRun(reactor, proto, options, output, errors)
+        return value
+    host = value
+    framed = FramedRun(reactor, host, options, stdout, stderr)
     if current is not None:
         current.append((framed, channel))
     try:
         code = await framed.run()
     except CLIError as e:
-        _report(e.message)
+        _report(e.message, stderr)
         code = e.code
-    if proto.link is not None:
-        proto.link.goodbye("done")
-    await channel.close()
+    finally:
+        if host.link is not None:
+            host.link.goodbye("done")
+        await channel.close()
     return code
 
 
-def _runLegacy(reactor, options, output):
+async def _runLegacy(reactor, options, stdout):
     endpoint = UNIXClientEndpoint(reactor, options.socket_path)
-    d = runLegacy(
+    output = Collector() if options.json else stdout
+    code = await runLegacy(
         reactor,
         endpoint,
         options.command.encode("ascii"),
@@ -156,17 +251,10 @@ def _runLegacy(reactor, options, output):
         output,
         options.timeout,
     )
-    return d
-
-
-def _stdoutBroken(failure):
-    """
-    After a broken pipe on stdout, point stdout at C{/dev/null} so that the
-    interpreter's final flush does not complain; pass the failure on.
-    """
-    if failure.check(OutputError) and failure.value.error.errno == errno.EPIPE:
-        _silenceStdout()
-    return failure
+    if options.json:
+        record = legacyRecord(options.command, output.getvalue())
+        stdout.write(json.dumps(record, sort_keys=True).encode() + b"\n")
+    return code
 
 
 def _main(reactor, options):
@@ -217,18 +305,6 @@ def internalError(failure, stderr=None):
         where = ""
     _report(f"internal error: {failure.getErrorMessage()}{where}", stderr)
     return EXIT_INTERNAL
-
-
-def _silenceStdout():
-    """
-    Point the stdout file descriptor at C{/dev/null}.
-    """
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def main(argv=None):

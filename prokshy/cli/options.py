@@ -21,6 +21,12 @@ from prokshy._version import __version__
 
 DEFAULT_TIMEOUT = 1.0
 
+#: C{--fallback-after} by default in auto mode on a unix socket.
+AUTO_FALLBACK = 1.0
+#: C{--fallback-after} by default with C{--protocol framed} or
+#: C{--connect}, where there is nothing to fall back to.
+FRAMED_WAIT = 5.0
+
 _COMMAND_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
 
 
@@ -85,10 +91,15 @@ def buildParser():
         ),
         epilog=(
             "exit codes: the remote command's status (128+N for signal N); "
-            "1 cannot connect; 2 usage error; 124 the guest's timeout killed "
-            "the command; 126 command refused (bad name, not executable, "
-            "insecure); 127 no such command; 130 interrupted; 255 transport "
-            "failure (session lost, VM unavailable, no session) or internal error."
+            "1 cannot connect or cannot write the output; 2 usage error; 124 the "
+            "guest's timeout killed the command; 125 the guest cut the output at "
+            "its --max-output (and stopped the command); 126 command refused (bad "
+            "name, not executable, insecure); 127 no such command; 130 "
+            "interrupted; 141 stdout closed by its reader (| head): the remote "
+            "command is cancelled; 255 transport failure (session lost, VM "
+            "unavailable, no session; in auto mode also: no answer at all, framed "
+            "or line protocol) or internal error. The line protocol exits 0 "
+            "once the output ended."
         ),
     )
     parser.add_argument(
@@ -177,9 +188,11 @@ def buildParser():
     parser.add_argument(
         "--fallback-after",
         type=positiveSeconds,
-        default=1.0,
+        default=None,
         metavar="SECONDS",
-        help="auto: how long to wait for a framed hello answer (default: 1)",
+        help="how long to wait for a framed hello answer before falling back "
+        "to the line protocol (auto) or giving up (--protocol framed, --connect) "
+        f"(default: {AUTO_FALLBACK:g} in auto mode on a socket, {FRAMED_WAIT:g} otherwise)",
     )
     parser.add_argument(
         "--status",
@@ -234,6 +247,9 @@ def parseArgs(argv=None):
         parser.error("--stdin needs the framed protocol")
     if options.all_vms and options.vm:
         parser.error("use --vm or --all-vms, not both")
+    if options.fallback_after is None:
+        auto = options.protocol == "auto" and options.connect is None
+        options.fallback_after = AUTO_FALLBACK if auto else FRAMED_WAIT
     options.fullData = b""
     options.data = b""
     if options.from_file is not None:
@@ -253,7 +269,9 @@ def parseArgs(argv=None):
 
 
 __all__ = [
+    "AUTO_FALLBACK",
     "DEFAULT_TIMEOUT",
+    "FRAMED_WAIT",
     "buildParser",
     "commandName",
     "firstLine",
