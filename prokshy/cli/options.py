@@ -156,7 +156,8 @@ def buildParser():
         "--vm",
         action="append",
         metavar="NAME",
-        help="with a daemon: run on this VM (repeatable; default: the daemon's first VM)",
+        help="with a daemon: run on this VM (repeatable; default: the daemon's first VM); "
+        "with --status: show only these VMs",
     )
     parser.add_argument(
         "--all-vms", action="store_true", help="with a daemon: run on every VM"
