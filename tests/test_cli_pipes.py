@@ -91,8 +91,6 @@ class _HeadMixin(CLITestMixin):
         self.dir = shortTempDir(self, "pp")
         self.pids = os.path.join(self.dir, "pids")
         open(self.pids, "w").close()
-        os.chmod(self.dir, 0o777)
-        os.chmod(self.pids, 0o666)
         scripts = dict(DEFAULT_SCRIPTS, flood="#!/bin/sh\necho $$ >> %s\nexec yes flood\n" % (self.pids,))
         self.h = yield HostHarness(self, vms=self.VMS, scripts=scripts, daemon=self.DAEMON).start()
 
