@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from prokshy.transport.endpoints import VtconClientEndpoint
-from prokshy.transport.plugin import vtconEndpointParser
+from prokshy.transport.plugin import bindArguments, vtconEndpointParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,6 +72,64 @@ class ParserTests(TestCase):
         ]:
             error = self.assertRaises(ValueError, clientFromString, reactor, description)
             self.assertIn(message, str(error), description)
+
+    def test_errorsAreOneLine(self):
+        """
+        Every error is one line that starts with the prefix.
+        """
+        for description in ("vtcon:", "vtcon:/dev/x:speed=1", "vtcon:a:b:c:d", "vtcon:/x:baudrate=x"):
+            error = self.assertRaises(ValueError, clientFromString, reactor, description)
+            self.assertTrue(str(error).startswith("vtcon: "), str(error))
+            self.assertNotIn("\n", str(error))
+
+    def test_unknownOptionNamesTheKnownOnes(self):
+        """
+        The error for an unknown option lists the options the schema knows.
+        """
+        error = self.assertRaises(
+            ValueError, clientFromString, reactor, "vtcon:/dev/x:speed=9600:parity=none"
+        )
+        self.assertEqual(
+            str(error), "vtcon: unknown option(s): parity, speed (known: path, baudrate)"
+        )
+
+    def test_schemaIsTheSignature(self):
+        """
+        The parser's C{_parseClient} signature is the schema: its parameters
+        after the reactor are the options, in positional order, with their
+        defaults (as Twisted's C{tcp6:} server parser does it).
+        """
+        import inspect
+
+        parameters = inspect.signature(vtconEndpointParser._parseClient).parameters
+        self.assertEqual(list(parameters), ["reactor", "path", "baudrate"])
+        self.assertEqual(parameters["baudrate"].default, "115200")
+        endpoint = vtconEndpointParser.parseStreamClient(reactor, "/dev/y", baudrate="57600")
+        self.assertEqual((endpoint.path, endpoint.baudrate), ("/dev/y", 57600))
+
+
+class BindArgumentsTests(TestCase):
+    """
+    L{bindArguments} checks a tokenised endpoint string against any parser
+    signature.
+    """
+
+    def parse(self, reactor, host, port="80", *, tls="no"):
+        return (host, port, tls)
+
+    def test_binds(self):
+        bound = bindArguments("x", self.parse, ("R", "h"), {"tls": "yes"})
+        self.assertEqual(self.parse(*bound.args, **bound.kwargs), ("h", "80", "yes"))
+
+    def test_errors(self):
+        for args, kwargs, message in [
+            (("R", "h"), {"colour": "red"}, "x: unknown option(s): colour (known: host, port, tls)"),
+            (("R", "h", "1", "2"), {}, "x: too many arguments: ('h', '1', '2') (at most 2: host, port)"),
+            (("R", "h", "1"), {"port": "2"}, "x: port given twice"),
+            (("R",), {"port": "2"}, "x: missing a required argument: 'host'"),
+        ]:
+            error = self.assertRaises(ValueError, bindArguments, "x", self.parse, args, kwargs)
+            self.assertEqual(str(error), message)
 
     def test_cheapImport(self):
         """
