@@ -10,13 +10,14 @@ connect only to C{127.0.0.1}.
 """
 
 import datetime
+import inspect
 import ipaddress
 import os
 import sys
 
-from twisted.internet import reactor, ssl, utils
+from twisted.internet import endpoints, reactor, ssl, utils
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.internet.endpoints import SSL4ClientEndpoint, serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -248,6 +249,95 @@ class ParseSSLDescriptionTests(SynchronousTestCase):
         e = self.assertRaises(tls.TLSConfigError, tls.parseSSLDescription, "ssl:1:sslmethod=X")
         self.assertIn("'sslmethod'", str(e))
 
+    def assertRejected(self, description, *fragments):
+        e = self.assertRaises(tls.TLSConfigError, tls.parseSSLDescription, description)
+        message = str(e)
+        self.assertNotIn("\n", message)
+        self.assertTrue(message.startswith("listener %r: " % (description,)), message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return message
+
+    def test_unknownKeyListsTheSchema(self):
+        """
+        An unknown key is named, with the keys the schema (the signature of
+        L{tls._parseSSL}) accepts: Twisted's, minus C{sslmethod}.
+        """
+        self.assertRejected(
+            "ssl:7001:verify=none",
+            "unsupported key 'verify'",
+            "ssl: with --tls-ca takes port, privateKey, certKey, interface, backlog, extraCertChain, dhParameters",
+        )
+
+    def test_misspeltKey(self):
+        """
+        A misspelt key is named, with the key it probably meant.
+        """
+        self.assertRejected("ssl:7001:privatekey=k.pem", "'privatekey'", "did you mean 'privateKey'?")
+        self.assertRejected("ssl:7001:certkey=c.pem", "'certkey'", "did you mean 'certKey'?")
+        self.assertRejected("ssl:7001:dhParameter=dh.pem", "'dhParameter'", "did you mean 'dhParameters'?")
+
+    def test_positionalBeyondPort(self):
+        """
+        Only the port may be given without a key (Twisted's C{ssl:} would
+        take a second value as the private key).
+        """
+        self.assertRejected("ssl:7001:key.pem", "without a key=", "takes only port that way")
+
+    def test_givenTwiceNamed(self):
+        self.assertRejected("ssl:7001:privateKey=a:privateKey=b", "privateKey given twice")
+        self.assertRejected("ssl:port=7001:7002", "port given twice")
+
+    def test_loneBackslash(self):
+        """
+        A final backslash is refused, as Twisted cannot read it either (it
+        used to be dropped here).
+        """
+        self.assertRejected("ssl:7001:privateKey=k\\", "lone backslash")
+
+    def test_escapesInPaths(self):
+        """
+        Escaped C{:}, C{=} and C{\\} in paths are read as Twisted reads
+        them, and a C{=} after a key's own needs no escape.
+        """
+        description = "ssl:7001:privateKey=C\\:/k\\=1.pem:certKey=/c/a=b\\\\.pem"
+        params = tls.parseSSLDescription(description)
+        self.assertEqual((params["privateKey"], params["certKey"]), ("C:/k=1.pem", "/c/a=b\\.pem"))
+        args, kwargs = endpoints._parse(description)
+        self.assertEqual((kwargs["privateKey"], kwargs["certKey"]), (params["privateKey"], params["certKey"]))
+
+    def test_schemaIsTwistedsMinusSSLMethod(self):
+        """
+        The schema's keys and defaults are those of Twisted's C{ssl:}
+        parser, minus C{sslmethod}: a string it accepts means the same to
+        Twisted (so the policy judges the interface this listener uses).
+        """
+        ours = inspect.signature(tls.SSL_SCHEMA).parameters
+        twisted = inspect.signature(endpoints._parseSSL).parameters
+        self.assertEqual(set(twisted) - set(ours), {"factory", "sslmethod"})
+        self.assertEqual(set(ours) - set(twisted), set())
+        for name in ours:
+            self.assertEqual(ours[name].default, twisted[name].default, name)
+
+    def test_tcpDescriptionRoundTrip(self):
+        """
+        Whatever the interface, Twisted reads from L{tls.tcpDescription}
+        the interface, port and backlog parsed from the C{ssl:} string.
+        """
+        for written, interface in [
+            ("\\:\\:1", "::1"),
+            ("0\\:0\\:0\\:0\\:0\\:0\\:0\\:1", "0:0:0:0:0:0:0:1"),
+            ("\\127.0.0.1", "127.0.0.1"),
+            ("a\\=b\\\\c\\:d", "a=b\\c:d"),
+            ("", ""),
+        ]:
+            params = tls.parseSSLDescription("ssl:7001:backlog=9:interface=" + written)
+            self.assertEqual(params["interface"], interface, written)
+            endpoint = serverFromString(reactor, tls.tcpDescription(params))
+            self.assertEqual(
+                (endpoint._port, endpoint._interface, endpoint._backlog), (7001, interface, 9), written
+            )
+
 
 class ServerContextFactoryTests(SynchronousTestCase):
     """
@@ -345,6 +435,42 @@ class PolicyTests(SynchronousTestCase):
         policy = listenerPolicy("tcp:7000", True, True)
         self.assertEqual((policy.legacy, policy.requireToken), (False, True))
 
+    def test_sameInterfaceEverywhere(self):
+        """
+        With and without C{--tls-ca}, the policy judges the interface that
+        L{tls.parseSSLDescription} (and so the TCP listener) uses, for the
+        escapes that the two used to read differently.
+        """
+        for written, local in [
+            ("\\:\\:1", True),
+            ("\\127.0.0.1", True),
+            ("[\\:\\:1]", True),
+            ("\\:\\:", False),
+            ("0.0.0.0", False),
+        ]:
+            description = "ssl:7001:interface=%s:privateKey=k.pem" % (written,)
+            for haveClientCA in (False, True):
+                policy = listenerPolicy(description, True, haveClientCA)
+                self.assertEqual(policy.local, local, (description, haveClientCA))
+            interface = tls.parseSSLDescription(policy.description)["interface"]
+            self.assertEqual(interface, endpoints._parse(description)[1]["interface"])
+
+    def test_badKeyWithClientCA(self):
+        """
+        With C{--tls-ca}, the policy reads C{ssl:} with the same schema:
+        an unsupported or misspelt key is refused in one line naming it
+        (without, Twisted's own C{ssl:} keys apply).
+        """
+        for description, fragment in [
+            ("ssl:7001:sslmethod=TLSv1_2_METHOD", "unsupported key 'sslmethod'"),
+            ("ssl:7001:privatekey=k.pem", "did you mean 'privateKey'?"),
+        ]:
+            e = self.assertRaises(PolicyError, listenerPolicy, description, True, True)
+            self.assertIn(fragment, str(e))
+            self.assertIn("with --tls-ca", str(e))
+            self.assertNotIn("\n", str(e))
+        self.assertFalse(listenerPolicy("ssl:7001:sslmethod=TLSv1_2_METHOD", True).local)
+
     def test_loopbackUnchanged(self):
         for description in ("ssl:7001:interface=127.0.0.1", "unix:/run/p.sock", "tcp:1:interface=\\:\\:1"):
             without = listenerPolicy(description, False)
@@ -413,6 +539,19 @@ class OptionsTests(SynchronousTestCase):
             "--tls-ca", self.certs.path("ca"),
         )
         self.assertIn("sslmethod", str(e))
+
+    def test_misspeltKey(self):
+        """
+        A misspelt key is one line naming it and the key it probably meant.
+        """
+        e = self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            "--listen", "ssl:0:privatekey=%s:certKey=%s" % (self.certs.key("server"), self.certs.path("server")),
+            "--tls-ca", self.certs.path("ca"),
+        )
+        self.assertIn("'privatekey' (did you mean 'privateKey'?)", str(e))
+        self.assertNotIn("\n", str(e))
 
     def test_badServerKey(self):
         e = self.assertRaises(

@@ -5,10 +5,11 @@ TLS client certificates for the host daemon's C{ssl:} listeners.
 Twisted's C{ssl:} server endpoint string cannot ask for, or verify, client
 certificates.  With C{--tls-ca FILE}, C{prokshy-host} therefore builds its
 C{ssl:} listeners itself: L{parseSSLDescription} reads the endpoint string
-(the same keys and defaults as Twisted's C{ssl:} parser, minus
-C{sslmethod}), and L{serverContextFactory} makes a context factory that
-requires a client certificate signed by one of the CAs in C{FILE}; a client
-without one fails the handshake.  The daemon then listens with
+with L{prokshy.host.endpoint_strings} (Twisted's tokens and escapes; the
+signature of L{_parseSSL} is the schema: the keys and defaults of Twisted's
+C{ssl:} parser, minus C{sslmethod}), and L{serverContextFactory} makes a
+context factory that requires a client certificate signed by one of the CAs
+in C{FILE}; a client without one fails the handshake.  The daemon then listens with
 C{tcp:PORT:interface=...:backlog=...} and wraps its factory in a
 L{twisted.protocols.tls.TLSMemoryBIOFactory}.
 
@@ -18,7 +19,8 @@ C{twisted[tls]}); it is imported only when used.
 
 import re
 
-_KNOWN_KEYS = ("port", "privateKey", "certKey", "interface", "backlog", "extraCertChain", "dhParameters")
+from prokshy.host.endpoint_strings import EndpointStringError, bind, parse, quote
+
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL)
 
 
@@ -29,86 +31,68 @@ class TLSConfigError(ValueError):
     """
 
 
-def _tokens(description):
-    """
-    Split an endpoint string like Twisted does: on unescaped C{:}, each part
-    either C{key=value} (on its first unescaped C{=}) or positional; a
-    backslash escapes the next character.
+def _number(name, text, highest):
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= highest:
+        raise EndpointStringError("bad %s %r" % (name, text))
+    return number
 
-    @return: a list of C{(key or None, value)}.
+
+def _parseSSL(
+    port,
+    *,
+    privateKey="server.pem",
+    certKey=None,
+    interface="",
+    backlog=50,
+    extraCertChain=None,
+    dhParameters=None,
+):
     """
-    parts = []
-    key = None
-    cur = []
-    chars = iter(description)
-    for ch in chars:
-        if ch == "\\":
-            cur.append(next(chars, ""))
-        elif ch == ":":
-            parts.append((key, "".join(cur)))
-            key, cur = None, []
-        elif ch == "=" and key is None:
-            key, cur = "".join(cur), []
-        else:
-            cur.append(ch)
-    parts.append((key, "".join(cur)))
-    return parts
+    The C{ssl:} server string with C{--tls-ca}.  Its signature is the
+    schema, as the signature of Twisted's C{_parseSSL} is for its C{ssl:}:
+    the same keys and defaults, minus C{sslmethod} (TLS versions are
+    Twisted's defaults), and only the port without a key.
+
+    @return: the dict L{parseSSLDescription} describes.
+    """
+    return {
+        "port": _number("port", port, 65535),
+        "privateKey": privateKey,
+        "certKey": privateKey if certKey is None else certKey,
+        "interface": interface,
+        "backlog": _number("backlog", backlog, 1 << 20),
+        "extraCertChain": extraCertChain,
+        "dhParameters": dhParameters,
+    }
+
+
+#: The schema of an C{ssl:} listener with C{--tls-ca} (see L{bind}).
+SSL_SCHEMA = _parseSSL
 
 
 def parseSSLDescription(description):
     """
-    Parse an C{ssl:} server endpoint string.
+    Parse an C{ssl:} server endpoint string (see L{SSL_SCHEMA}).
 
     @return: a dict with C{port} (int), C{interface} (str, C{""} for every
         IPv4 interface), C{backlog} (int), C{privateKey} (default
         C{server.pem}), C{certKey} (default: C{privateKey}),
         C{extraCertChain} and C{dhParameters} (paths or None).
     @raise TLSConfigError: for another endpoint type, a missing or bad
-        port, or a key this daemon does not support (C{sslmethod}
-        included: TLS versions are Twisted's defaults).
+        port, a key given twice, or a key this daemon does not support
+        (C{sslmethod} included), named in one line.
     """
-    tokens = _tokens(description)
-    kind = tokens[0]
-    if kind[0] is not None or kind[1].lower() != "ssl":
-        raise TLSConfigError("%r is not an ssl: endpoint" % (description,))
-    positional = [value for key, value in tokens[1:] if key is None]
-    keywords = {}
-    for key, value in tokens[1:]:
-        if key is None:
-            continue
-        if key not in _KNOWN_KEYS:
-            raise TLSConfigError(
-                "listener %r: unsupported key %r with --tls-ca (supported: %s)"
-                % (description, key, ", ".join(_KNOWN_KEYS[1:]))
-            )
-        if key in keywords:
-            raise TLSConfigError("listener %r: %s given twice" % (description, key))
-        keywords[key] = value
-    if "port" in keywords:
-        positional.insert(0, keywords.pop("port"))
-    if len(positional) != 1:
-        raise TLSConfigError("listener %r: give exactly one port" % (description,))
-    result = {
-        "privateKey": "server.pem",
-        "certKey": None,
-        "interface": "",
-        "backlog": "50",
-        "extraCertChain": None,
-        "dhParameters": None,
-    }
-    result.update(keywords)
-    if result["certKey"] is None:
-        result["certKey"] = result["privateKey"]
-    for name in ("port", "backlog"):
-        text = positional[0] if name == "port" else result[name]
-        try:
-            number = int(text)
-        except ValueError:
-            number = -1
-        if not 0 <= number <= (65535 if name == "port" else 1 << 20):
-            raise TLSConfigError("listener %r: bad %s %r" % (description, name, text))
-        result[name] = number
-    return result
+    try:
+        endpoint = parse(description)
+        if endpoint.kind.lower() != "ssl":
+            raise EndpointStringError("not an ssl: endpoint")
+        return _parseSSL(**bind(_parseSSL, endpoint, allowRepeated=False, label="ssl: with --tls-ca"))
+    except EndpointStringError as e:
+        raise TLSConfigError("listener %r: %s" % (description, e))
 
 
 def tcpDescription(params):
@@ -116,8 +100,7 @@ def tcpDescription(params):
     The C{tcp:} server endpoint string listening where the parsed C{ssl:}
     description C{params} (from L{parseSSLDescription}) does.
     """
-    interface = params["interface"].replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-    return "tcp:%d:interface=%s:backlog=%d" % (params["port"], interface, params["backlog"])
+    return "tcp:%d:interface=%s:backlog=%d" % (params["port"], quote(params["interface"]), params["backlog"])
 
 
 def _read(path, what):
