@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import tempfile
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.error import ProcessExitedAlready
@@ -182,6 +183,115 @@ class CommandDirectoryTests(unittest.TestCase):
         self.assertRefused("link", "not-executable")
 
 
+class OwnershipTests(unittest.TestCase):
+    """
+    Like sshd's StrictModes: every component of a command's path, of the
+    command directory's and of a symlink's target must be owned by root or
+    by the agent's uid, and the refusal says who owns what.  (Before: a
+    command file owned by C{nobody} ran as root.)
+    """
+
+    other = 65534
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("chown needs root")
+        self.parent = tempfile.mkdtemp(prefix="owner-", dir=os.getcwd())
+        os.chmod(self.parent, 0o755)
+        self.path = os.path.join(self.parent, "command.d")
+        os.mkdir(self.path, 0o755)
+        self.script = addScript(self.path, "ok", SH + "exit 0\n")
+        self.directory = CommandDirectory(self.path)
+
+    def assertInsecure(self, name, *fragments, directory=None):
+        directory = directory or self.directory
+        e = self.assertRaises(CommandRefused, directory.resolve, name)
+        self.assertEqual(e.code, "insecure", e.message)
+        for fragment in ("owned by uid %d" % (self.other,),) + fragments:
+            self.assertIn(fragment, e.message)
+        return e
+
+    def test_rootOwnedAccepted(self):
+        self.assertEqual(self.directory.resolve("ok"), self.script)
+
+    def test_fileOwnedByOther(self):
+        os.chown(self.script, self.other, self.other)
+        e = self.assertInsecure("ok", self.script, "not by root or the agent's uid 0")
+        self.assertTrue(e.message.startswith("command 'ok' is insecure: "), e.message)
+
+    def test_directoryOwnedByOther(self):
+        os.chown(self.path, self.other, self.other)
+        self.assertInsecure("ok", "command directory", self.path)
+        # Even a missing command: the directory is refused first.
+        self.assertInsecure("missing", "command directory")
+
+    def test_ancestorOwnedByOther(self):
+        os.chown(self.parent, self.other, self.other)
+        self.assertInsecure("ok", self.parent)
+
+    def test_symlinkTargetOwnedByOther(self):
+        elsewhere = makeCommandDir()
+        target = addScript(elsewhere, "real", SH)
+        os.symlink(target, os.path.join(self.path, "link"))
+        self.assertEqual(self.directory.resolve("link"), os.path.realpath(target))
+        os.chown(target, self.other, self.other)
+        self.assertInsecure("link", os.path.realpath(target))
+
+    def test_symlinkTargetDirectoryOwnedByOther(self):
+        elsewhere = makeCommandDir()
+        target = addScript(elsewhere, "real", SH)
+        os.symlink(target, os.path.join(self.path, "link"))
+        os.chown(elsewhere, self.other, self.other)
+        self.assertInsecure("link", os.path.realpath(elsewhere))
+
+    def test_symlinkOwnedByOther(self):
+        os.symlink("ok", os.path.join(self.path, "link"))
+        os.lchown(os.path.join(self.path, "link"), self.other, self.other)
+        self.assertInsecure("link", os.path.join(self.path, "link"))
+
+    def test_directoryThroughSymlinkInOthersDirectory(self):
+        """
+        A command directory reached through a symlink that another user
+        could re-point is refused, though its real path is root's.
+        """
+        theirs = tempfile.mkdtemp(prefix="theirs-", dir=os.getcwd())
+        os.chmod(theirs, 0o755)
+        os.symlink(self.path, os.path.join(theirs, "cmds"))
+        os.chown(theirs, self.other, self.other)
+        self.assertInsecure("ok", theirs, directory=CommandDirectory(os.path.join(theirs, "cmds")))
+
+    def test_writableAncestorMustBeSticky(self):
+        os.chmod(self.parent, 0o777)
+        e = self.assertRaises(CommandRefused, self.directory.resolve, "ok")
+        self.assertEqual(e.code, "insecure")
+        self.assertIn("world-writable and not sticky", e.message)
+        self.assertIn(self.parent, e.message)
+        os.chmod(self.parent, 0o1777)
+        self.assertEqual(self.directory.resolve("ok"), self.script)
+
+    def test_agentsOwnUid(self):
+        """
+        Files owned by the agent's own uid are fine, as are root's.
+        """
+        self.patch(os, "geteuid", lambda: self.other)
+        os.chown(self.script, self.other, self.other)
+        self.assertEqual(self.directory.resolve("ok"), self.script)
+        os.chown(self.script, 4242, 4242)
+        e = self.assertRaises(CommandRefused, self.directory.resolve, "ok")
+        self.assertIn("owned by uid 4242, not by root or the agent's uid %d" % (self.other,), e.message)
+
+    def test_runnerRefuses(self):
+        """
+        The runner starts nothing insecure.
+        """
+        os.chown(self.script, self.other, self.other)
+        reactor = MemoryProcessReactor()
+        runner = CommandRunner(reactor, self.path, spawn=spawnWithReactor)
+        e = self.assertRaises(CommandRefused, runner.start, "ok", RecordingSink())
+        self.assertEqual(e.code, "insecure")
+        self.assertEqual(reactor.processes, [])
+
+
 class FakeRunnerTests(unittest.TestCase):
     """
     The L{Execution} state machine, driven through a fake process reactor.
@@ -321,11 +431,28 @@ class FakeRunnerTests(unittest.TestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_timeoutOverride(self):
+        """
+        A caller's shorter timeout applies.
+        """
         execution, child = self.start(timeout=1)
         self.reactor.advance(1)
         self.assertEqual(child.signals, [("group", signal.SIGTERM)])
 
+    def test_timeoutIsACap(self):
+        """
+        The runner's timeout is an upper bound: a caller cannot lengthen it,
+        nor lift it with 0.
+        """
+        for asked in (0, 20, None):
+            execution, child = self.start(timeout=asked)
+            self.reactor.advance(9.9)
+            self.assertEqual(child.signals, [], asked)
+            self.reactor.advance(0.1)
+            self.assertEqual(child.signals, [("group", signal.SIGTERM)], asked)
+            child.end(None, signal.SIGTERM)
+
     def test_noTimeout(self):
+        self.runner.timeout = 0
         execution, child = self.start(timeout=0)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.reactor.advance(1000)

@@ -17,6 +17,10 @@ paths:
     C{os.setpgid(pid, pid)} too, so the group exists as soon as the
     constructor returns whichever of the two runs first.
 
+A descendant that leaves the group (C{setsid()}) is found and signalled by
+L{ProcessGroupProcess.signalTree}, with the help of
+L{prokshy.guest.reaper}.
+
 The overridden methods are private Twisted API; this module mirrors Twisted
 26.10's C{Process._trySpawnInsteadOfFork} and must be re-checked when Twisted
 changes it.
@@ -31,6 +35,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet import process as _twistedProcess
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
+from twisted.logger import Logger
+
+from prokshy.guest import reaper
+
+_log = Logger()
 
 #: The child's file descriptors: stdin is written by us, stdout and stderr
 #: are read by us.  No other descriptor is inherited.
@@ -47,11 +56,30 @@ class ProcessGroupProcess(_twistedProcess.Process):
         be signalled.
     @ivar spawnMethod: C{"posix_spawn"} or C{"fork"}: which path created the
         child.
+    @ivar startTime: when the child started, in seconds since boot (from
+        C{/proc} on Linux; the agent's uptime clock at spawn elsewhere).
+    @ivar pipeInodes: (device, inode) of the child's stdio pipes (Linux),
+        which identify processes that inherited them.
     """
 
     pgid: Optional[int] = None
     spawnMethod: Optional[str] = None
+    startTime: Optional[float] = None
+    pipeInodes: Any = ()
     _childSignalMask: Any = ()
+    _escaped: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._escaped = {}
+        super().__init__(*args, **kwargs)
+        if self.pid is not None:
+            if reaper.LINUX:
+                self.startTime = reaper.processStart(self.pid)
+                self.pipeInodes = reaper.pipeInodes(
+                    pipe.fileno() for pipe in self.pipes.values()
+                )
+            else:
+                self.startTime = reaper.systemUptime()
 
     def _trySpawnInsteadOfFork(
         self, path, uid, gid, executable, args, environment, kwargs
@@ -167,6 +195,54 @@ class ProcessGroupProcess(_twistedProcess.Process):
             except OSError:
                 return False
         return True
+
+    def signalTree(self, signalNumber: int) -> bool:
+        """
+        Send a signal to the child's whole process group and to every
+        descendant that left it.
+
+        On FreeBSD, when the agent is a reaper, the kernel signals the
+        child's whole reaper subtree (C{PROC_REAP_KILL}).  On Linux, the
+        descendants outside the group are found in C{/proc}
+        (L{reaper.findTree}: the child's descendants, and processes
+        holding its stdio pipes), remembered, and signalled through a
+        pidfd after checking their start time; the remembered ones are
+        signalled again on later calls, even once their parent is gone.
+
+        @return: C{True} if anything was signalled.
+        """
+        sent = self.signalGroup(signalNumber)
+        if self.pgid is None:
+            return sent
+        try:
+            if reaper.FREEBSD:
+                # The subtree id is the child's pid; once the child is
+                # reaped, skip it if a new child of ours has that pid.
+                if self.pid is not None or self.pgid not in _twistedProcess.reapProcessHandlers:
+                    if reaper.reapKillSubtree(self.pgid, signalNumber):
+                        sent = True
+            elif reaper.haveProc():
+                table = reaper.ProcessTable.read()
+                found = reaper.findTree(
+                    table,
+                    self.pgid,
+                    leader=self.pid,
+                    leaderStart=self.startTime,
+                    pipes=self.pipeInodes,
+                    notAfter=self.startTime,
+                )
+                for pid, start in found.items():
+                    info = table.procs.get(pid)
+                    if info is not None and info.pgid != self.pgid:
+                        self._escaped[pid] = start
+                for pid, start in list(self._escaped.items()):
+                    if reaper.signalVerified(pid, start, signalNumber):
+                        sent = True
+                    else:
+                        del self._escaped[pid]
+        except Exception:
+            _log.failure("could not signal the descendants of pid {pid}", pid=self.pgid)
+        return sent
 
 
 def spawnProcessGroup(

@@ -18,7 +18,8 @@ also accepts the C{NAME SP DATA} form the original README describes:
     insecure) is logged and ignored, and the next line is read as a command
     again: the argument line is not consumed.
   - stdout goes back raw through C{write}; stderr and the exit status go to
-    the log.  One command runs at a time; lines that arrive meanwhile are
+    the log.  A line client cannot cancel a command, so the runner's
+    line-protocol limits (C{lineTimeout}, C{lineMaxOutput}) apply.  One command runs at a time; lines that arrive meanwhile are
     queued (bounded) and handled in order afterwards.
 """
 
@@ -386,7 +387,9 @@ class LegacyHandler:
     def _run(self, name: bytes, data: bytes) -> None:
         sink = _LegacySink(self, name.decode("ascii"))
         try:
-            execution = self.runner.start(name, sink)
+            # line=True: the runner's line-protocol limits apply (this
+            # client cannot cancel a command).
+            execution = self.runner.start(name, sink, line=True)
         except CommandRefused as e:
             self._ignore(e)
             return

@@ -9,9 +9,11 @@ its own process group, and returns an L{Execution}: the handle used to feed
 stdin, apply backpressure in both directions, signal or cancel the command,
 and wait for its L{ExitStatus}.
 
-Bounds: a wall-clock timeout (TERM to the whole group, KILL after the grace
-period), a cap on the output delivered, and, once the command has exited, a
-bounded wait for grandchildren that still hold its output pipes.
+Bounds: a wall-clock timeout (TERM to the whole group and to descendants
+that left it, KILL after the grace period), a cap on the output delivered
+(both off by default, on for line-protocol commands), and, once the command
+has exited, a bounded wait for grandchildren that still hold its output
+pipes.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]+\Z")
 #: The working directory of every command.
 COMMAND_CWD = "/"
 
+#: The line protocol's limits: its client cannot cancel a command, so a
+#: command that never ends would block the device for good.
+LINE_TIMEOUT = 60.0
+LINE_MAX_OUTPUT = 16 * MiB
+
 
 class CommandRefused(Exception):
     """
@@ -98,6 +105,70 @@ def _writable(mode: int) -> Optional[str]:
     if mode & stat.S_IWGRP:
         return "group-writable"
     return None
+
+
+def _untrusted(path: str, checked: Optional[Set[str]] = None) -> Optional[str]:
+    """
+    Check, as sshd's StrictModes does, everything C{path} depends on: each
+    component of the path as written (C{lstat}) and, if a symlink is on the
+    way, of the path it resolves to (C{stat}) must be owned by root or by
+    the agent's own (effective) uid, and the directories above it must not
+    be group- or world-writable unless sticky (like C{/tmp}).
+
+    @param checked: components already found fine (updated), so that
+        checking a directory and then a file in it costs one more C{lstat}.
+    @return: what is wrong, or C{None}.
+    """
+    if checked is None:
+        checked = set()
+    euid = os.geteuid()
+    lexical = os.path.abspath(path)
+    problem, sawLink = _checkComponents(lexical, os.lstat, euid, checked)
+    if problem is None and sawLink:
+        problem, _ = _checkComponents(os.path.realpath(lexical), os.stat, euid, checked)
+    return problem
+
+
+def _checkComponents(
+    path: str, statFunction: Any, euid: int, checked: Set[str]
+) -> "tuple[Optional[str], bool]":
+    """
+    Check C{path} and its ancestors, up to the first one in C{checked}.
+
+    @return: (the problem or C{None}, whether a symlink was seen).
+    """
+    sawLink = False
+    current = path
+    first = True
+    while current not in checked:
+        try:
+            st = statFunction(current)
+        except OSError as e:
+            return f"cannot check {current}: {e.strerror}", sawLink
+        if stat.S_ISLNK(st.st_mode):
+            sawLink = True
+        if st.st_uid not in (0, euid):
+            return (
+                f"{current} is owned by uid {st.st_uid}, not by root or "
+                f"the agent's uid {euid}"
+            ), sawLink
+        if not first and stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_ISVTX:
+            problem = _writable(st.st_mode)
+            if problem:
+                return (
+                    f"{current} is {problem} and not sticky "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o})"
+                ), sawLink
+        if not first:
+            # The path itself is re-checked every time (its mode and owner
+            # are what the caller asks about); its ancestors once.
+            checked.add(current)
+        first = False
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return None, sawLink
 
 
 class CommandDirectory:
@@ -143,7 +214,10 @@ class CommandDirectory:
         command must be an executable regular file that is not group- or
         world-writable.  A symlink may point anywhere, as long as its final
         target passes the same checks and the target's directory is not
-        world-writable.
+        world-writable.  Every component of the directory's, the command's
+        and the target's paths must be owned by root or by the agent's uid,
+        and no directory above them may be group- or world-writable unless
+        it is sticky (see L{_untrusted}).
 
         @return: the absolute path to execute (a symlink's final target).
         @raise CommandRefused: with the reason.
@@ -169,6 +243,14 @@ class CommandDirectory:
                 "insecure",
                 f"command {text!r} is insecure: command directory {directory} "
                 f"is {problem} (mode {stat.S_IMODE(dirStat.st_mode):04o})",
+            )
+        checked: Set[str] = set()
+        problem = _untrusted(directory, checked)
+        if problem:
+            raise CommandRefused(
+                "insecure",
+                f"command {text!r} is insecure: command directory {directory}: "
+                f"{problem}",
             )
 
         path = os.path.join(directory, text)
@@ -233,6 +315,9 @@ class CommandDirectory:
                 f"command {text!r} is insecure: {what} is {problem} "
                 f"(mode {mode:04o})",
             )
+        problem = _untrusted(path, checked)
+        if problem:
+            raise CommandRefused("insecure", f"command {text!r} is insecure: {problem}")
         return target
 
 
@@ -491,18 +576,30 @@ class Execution:
         if self._timeout and self._timeout > 0 and not self._finished:
             self._timeoutCall = self._clock.callLater(self._timeout, self._expire)
 
+    def _signalAll(self, number: int) -> bool:
+        """
+        Signal the command's group and every descendant that left it (the
+        transport's C{signalTree}, if it has one).
+        """
+        if self._transport is None:
+            return False
+        signalTree = getattr(self._transport, "signalTree", None)
+        if signalTree is not None:
+            return bool(signalTree(number))
+        return self.signal(number)
+
     def _terminate(self) -> None:
         if self._terminating:
             return
         self._terminating = True
-        self.signal(_signal.SIGTERM)
+        self._signalAll(_signal.SIGTERM)
         if not self._finished:
             self._killCall = self._clock.callLater(self._killGrace, self._kill)
 
     def _kill(self) -> None:
         self._killCall = None
         self._killed = True
-        self.signal(_signal.SIGKILL)
+        self._signalAll(_signal.SIGKILL)
 
     def _expire(self) -> None:
         self._timeoutCall = None
@@ -581,7 +678,7 @@ class Execution:
         # anyway.
         self._fallbackCall = self._clock.callLater(self._killGrace, self._finish)
         self._killed = True
-        self.signal(_signal.SIGKILL)
+        self._signalAll(_signal.SIGKILL)
         if self._transport is not None:
             self._transport.loseConnection()
 
@@ -596,7 +693,7 @@ class Execution:
             # Stragglers that ignored TERM: the group id cannot have been
             # reused while any of them is alive.
             self._killed = True
-            self.signal(_signal.SIGKILL)
+            self._signalAll(_signal.SIGKILL)
         self._finished = True
         self._endedAt = self._clock.seconds()
         for name in ("_timeoutCall", "_killCall", "_drainCall", "_fallbackCall"):
@@ -635,11 +732,21 @@ class CommandRunner:
     """
     Starts commands from a L{CommandDirectory}.
 
+    Limits: C{timeout} and C{maxOutput} bound every command (0: no bound,
+    the default).  A command started with C{line=True}, for the line
+    protocol, whose client cannot cancel it, is also bounded by
+    C{lineTimeout} and C{lineMaxOutput}.  A timeout asked for at
+    L{start} can only make the bound tighter.
+
     @param reactor: provides C{IReactorTime}, and C{IReactorProcess} unless
         a C{spawn} function is given.
     @param directory: a L{CommandDirectory} or its path.
-    @param timeout: default wall-clock limit in seconds (0: none).
-    @param maxOutput: cap on stdout plus stderr bytes delivered (0: none).
+    @param timeout: wall-clock limit in seconds for every command (0: none).
+    @param maxOutput: cap on stdout plus stderr bytes delivered, for every
+        command (0: none).
+    @param lineTimeout: wall-clock limit for line-protocol commands (0:
+        none).
+    @param lineMaxOutput: output cap for line-protocol commands (0: none).
     @param killGrace: seconds between TERM and KILL, and the bounded wait
         for the output pipes to close after the command exits.
     @param spawn: C{spawn(reactor, protocol, executable, args, environment,
@@ -650,16 +757,24 @@ class CommandRunner:
         L{COMMAND_ENVIRONMENT}).
     @param maxRunning: refuse (code C{busy}) beyond this many running
         commands (0: no limit).
+
+    @ivar processRecord: if set (a L{prokshy.guest.reaper.ProcessRecord}),
+        each running command is listed in it, so that a later agent can
+        kill what is left of it should this one be killed.
     """
+
+    processRecord: Any = None
 
     def __init__(
         self,
         reactor: Any,
         directory: Union[CommandDirectory, str, bytes],
-        timeout: float = 60,
-        maxOutput: int = 16 * MiB,
+        timeout: float = 0,
+        maxOutput: int = 0,
         killGrace: float = 2,
         *,
+        lineTimeout: float = LINE_TIMEOUT,
+        lineMaxOutput: int = LINE_MAX_OUTPUT,
         spawn: Optional[SpawnFunction] = None,
         environment: Optional[Dict[str, str]] = None,
         maxRunning: int = 0,
@@ -678,6 +793,8 @@ class CommandRunner:
         self.directory = directory
         self.timeout = timeout
         self.maxOutput = maxOutput
+        self.lineTimeout = lineTimeout
+        self.lineMaxOutput = lineMaxOutput
         self.killGrace = killGrace
         self.environment = dict(
             COMMAND_ENVIRONMENT if environment is None else environment
@@ -693,8 +810,26 @@ class CommandRunner:
         """
         return list(self._running)
 
+    def limits(self, timeout: Optional[float] = None, line: bool = False) -> "tuple[float, int]":
+        """
+        The timeout and output cap a command gets (0: none).
+
+        @param timeout: the timeout asked for (C{None} or 0: none of its
+            own); it can only tighten the runner's.
+        @param line: a line-protocol command.
+        """
+        return (
+            _tightest(self.timeout, self.lineTimeout if line else 0, timeout or 0),
+            int(_tightest(self.maxOutput, self.lineMaxOutput if line else 0)),
+        )
+
     def start(
-        self, name: Union[str, bytes], sink: Any, timeout: Optional[float] = None
+        self,
+        name: Union[str, bytes],
+        sink: Any,
+        timeout: Optional[float] = None,
+        *,
+        line: bool = False,
     ) -> Execution:
         """
         Start a command.
@@ -703,7 +838,10 @@ class CommandRunner:
         @param sink: has C{stdoutReceived(data)} and C{stderrReceived(data)};
             and optionally C{outputFinished()}, called once just before
             C{done} fires (no output follows it).
-        @param timeout: overrides the runner's timeout (0: none).
+        @param timeout: a timeout of the caller's (C{None} or 0: none); the
+            runner's own limits still apply (see L{limits}).
+        @param line: a line-protocol command: L{lineTimeout} and
+            L{lineMaxOutput} apply too.
         @raise CommandRefused: the command was not started.
         """
         path = self.directory.resolve(name)
@@ -714,13 +852,14 @@ class CommandRunner:
                 f"command {text!r} refused: {len(self._running)} commands "
                 f"already running",
             )
+        effectiveTimeout, maxOutput = self.limits(timeout, line)
         execution = Execution(
             self.reactor,
             text,
             path,
             sink,
-            timeout=self.timeout if timeout is None else timeout,
-            maxOutput=self.maxOutput,
+            timeout=effectiveTimeout,
+            maxOutput=maxOutput,
             killGrace=self.killGrace,
         )
         self._running.add(execution)
@@ -744,10 +883,35 @@ class CommandRunner:
         _log.debug(
             "command {name!r} started, pid {pid}", name=text, pid=execution.pid
         )
+        self._record(execution)
         return execution
+
+    def _record(self, execution: Execution) -> None:
+        record = self.processRecord
+        transport = execution._transport
+        if record is None or transport is None or execution.finished:
+            return
+        pid = getattr(transport, "pgid", None)
+        if pid is None:
+            return
+        try:
+            record.add(
+                execution,
+                pid,
+                getattr(transport, "startTime", None),
+                getattr(transport, "pipeInodes", ()),
+            )
+        except Exception:
+            _log.failure("could not record command {name!r}", name=execution.name)
 
     def _forget(self, result: Any, execution: Execution) -> Any:
         self._running.discard(execution)
+        record = self.processRecord
+        if record is not None:
+            try:
+                record.discard(execution)
+            except Exception:
+                _log.failure("could not update the record of running commands")
         return result
 
     def cancelAll(self) -> Deferred:
@@ -760,6 +924,14 @@ class CommandRunner:
         for execution in executions:
             execution.cancel()
         return gatherResults([_chain(e.done) for e in executions])
+
+
+def _tightest(*limits: float) -> float:
+    """
+    The smallest positive limit, or 0 (none) if none is positive.
+    """
+    positive = [limit for limit in limits if limit and limit > 0]
+    return min(positive) if positive else 0
 
 
 def _chain(d: Deferred) -> Deferred:
