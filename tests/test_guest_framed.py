@@ -184,15 +184,23 @@ class ExecTests(FramedTestMixin, TestCase):
     @inlineCallbacks
     def test_defaultTimeoutOption(self):
         """
-        The agent's C{--timeout} applies to execs that give none; an exec's
-        own C{timeout} overrides it.
+        The agent's C{--timeout} applies to execs that give none, and it is
+        a cap: an exec asking for a longer timeout, or for none, still gets
+        it; one asking for a shorter one gets that.
         """
         rig, agent, host = yield self.start("--timeout", "0.3")
         result = yield withTimeout(host.session.exec("sleeper"), 10, "the default timeout")
         self.assertTrue(result.timedOut)
         rig.addCommand("briefly", "sleep 0.6; echo fine")
+        for asked in (5, 0):
+            result = yield withTimeout(host.session.exec("briefly", timeout=asked), 10, "briefly")
+            self.assertEqual((result.stdout, result.timedOut), (b"", True), asked)
+        rig, agent, host = yield self.start("--timeout", "30")
+        rig.addCommand("briefly", "sleep 0.6; echo fine")
         result = yield withTimeout(host.session.exec("briefly", timeout=5), 10, "briefly")
         self.assertEqual((result.code, result.stdout, result.timedOut), (0, b"fine\n", False))
+        result = yield withTimeout(host.session.exec("sleeper", timeout=0.3), 10, "sleeper")
+        self.assertTrue(result.timedOut)
 
     @inlineCallbacks
     def test_largeStderr(self):

@@ -89,8 +89,12 @@ class GuestOptionsTests(SynchronousTestCase):
         options = self.parse()
         self.assertEqual(options["device"], "/dev/x")
         self.assertEqual(options["command-dir"], "/usr/local/etc/prokshy/command.d")
-        self.assertEqual(options["timeout"], 60.0)
-        self.assertEqual(options["max-output"], 16 * 1024 * 1024)
+        # Framed execs: no timeout and no output cap unless asked for; the
+        # line protocol, whose client cannot cancel, keeps its limits.
+        self.assertEqual(options["timeout"], 0.0)
+        self.assertEqual(options["max-output"], 0)
+        self.assertEqual(options["line-timeout"], 60.0)
+        self.assertEqual(options["line-max-output"], 16 * 1024 * 1024)
         self.assertEqual(options["max-line"], 65536)
         self.assertEqual(options["max-concurrency"], 8)
         self.assertEqual(options["max-queue"], 64)
@@ -177,8 +181,9 @@ class GuestOptionsTests(SynchronousTestCase):
         devices = [s for s in top if isinstance(s, DeviceService)]
         self.assertEqual(len(devices), 1)
         self.assertEqual(devices[0].path, "/dev/x")
-        # The command cleanup, the device, and the goodbye on stop.
-        self.assertEqual(len(list(top)), 3)
+        # The process reaper, the command cleanup, the device, and the
+        # goodbye on stop.
+        self.assertEqual(len(list(top)), 4)
         self.assertFalse(top.running)
 
 
@@ -202,6 +207,7 @@ class HostOptionsTests(SynchronousTestCase):
         path = os.path.join(shortTempDir(self), "token")
         with open(path, "w") as f:
             f.write(token)
+        os.chmod(path, 0o600)
         return path
 
     def test_listenRequired(self):

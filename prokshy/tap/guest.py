@@ -11,6 +11,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
 
+from prokshy.guest.reaper import defaultRunDir
+from prokshy.guest.runner import LINE_MAX_OUTPUT, LINE_TIMEOUT
+
 DEFAULT_DEVICES = ("/dev/vtcon/prokshy", "/dev/virtio-ports/prokshy")
 DEFAULT_COMMAND_DIR = "/usr/local/etc/prokshy/command.d"
 
@@ -45,15 +48,31 @@ class Options(usage.Options):
     longdesc = (
         "Serve command.d commands (and, over the framed protocol, exec and info "
         "streams) on a virtio-console port. The original line protocol works "
-        "unchanged; a host that says a framed hello gets the framed protocol."
+        "unchanged; a host that says a framed hello gets the framed protocol. "
+        "Limits: framed execs have no timeout and no output cap unless the "
+        "host asks for a timeout or --timeout/--max-output are set (a framed "
+        "host can cancel); line-protocol commands, whose client cannot, are "
+        "also bound by --line-timeout (60 s) and --line-max-output (16 MiB)."
     )
     optParameters = [
         ["device", "d", None, "The port device (default: the first that exists of %s)."
          % (", ".join(DEFAULT_DEVICES),)],
         ["command-dir", "c", DEFAULT_COMMAND_DIR, "Directory of executable commands."],
-        ["timeout", "t", 60.0, "Seconds a command may run (0: no limit).", _positive(float, True)],
-        ["max-output", None, 16 * 1024 * 1024,
-         "Bytes of output a command may produce before it is killed (0: no limit).",
+        ["timeout", "t", 0.0,
+         "Seconds any command may run, in either protocol (0: no limit, the default). "
+         "A framed exec may ask for a shorter timeout, never a longer one.",
+         _positive(float, True)],
+        ["max-output", None, 0,
+         "Bytes of output any command may produce before it is cut and killed "
+         "(0: no limit, the default).",
+         _positive(int, True)],
+        ["line-timeout", None, LINE_TIMEOUT,
+         "Seconds a line-protocol command may run (0: no limit). A line client "
+         "cannot cancel a command; a framed host can, so framed execs are not "
+         "bound by this.",
+         _positive(float, True)],
+        ["line-max-output", None, LINE_MAX_OUTPUT,
+         "Bytes of output a line-protocol command may produce (0: no limit).",
          _positive(int, True)],
         ["max-line", None, 65536, "Longest request line accepted, in bytes.", _positive(int)],
         ["max-concurrency", None, 8, "Commands run at once (framed protocol).", _positive(int)],
@@ -66,14 +85,27 @@ class Options(usage.Options):
         ["ping-interval", None, 1.0, "Seconds between keepalive pings.", _positive(float)],
         ["dead-after", None, 8.0, "Seconds of silence after which the host is gone.",
          _positive(float)],
+        ["run-dir", None, None,
+         "Directory for the record of running commands, from which an agent "
+         "restarted after being killed kills what its predecessor left "
+         "(default: /var/run/prokshy as root, else $XDG_RUNTIME_DIR/prokshy; "
+         "'' for none)."],
     ]
     compData = usage.Completions(
-        optActions={"device": usage.CompleteFiles(), "command-dir": usage.CompleteDirs()}
+        optActions={
+            "device": usage.CompleteFiles(),
+            "command-dir": usage.CompleteDirs(),
+            "run-dir": usage.CompleteDirs(),
+        }
     )
 
     def postOptions(self):
         if self["device"] is None:
             self["device"] = defaultDevice()
+        if self["run-dir"] is None:
+            self["run-dir"] = defaultRunDir()
+        elif self["run-dir"] and not os.path.isabs(self["run-dir"]):
+            raise usage.UsageError("--run-dir must be an absolute path (or '' for none)")
         if self["dead-after"] <= self["ping-interval"]:
             raise usage.UsageError("--dead-after must be longer than --ping-interval")
 
@@ -117,6 +149,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     from prokshy.guest.agent import GuestProtocol
     from prokshy.guest.execs import GuestStreams
+    from prokshy.guest.reaper import ProcessReaper, recordName
     from prokshy.guest.runner import CommandDirectory, CommandRunner
     from prokshy.transport.endpoints import VtconClientEndpoint
     from prokshy.transport.service import DeviceService
@@ -130,6 +163,8 @@ def makeService(options, reactor=None):
         timeout=options["timeout"],
         maxOutput=options["max-output"],
         killGrace=options["kill-grace"],
+        lineTimeout=options["line-timeout"],
+        lineMaxOutput=options["line-max-output"],
     )
     streams = GuestStreams(runner, options["max-concurrency"], options["max-queue"])
 
@@ -145,6 +180,14 @@ def makeService(options, reactor=None):
         )
 
     top = service.MultiService()
+    # Stopped last (services stop in reverse order): after _Cleanup has
+    # cancelled the commands, it waits for them, then removes the record.
+    recordPath = (
+        os.path.join(options["run-dir"], recordName(options["device"]))
+        if options["run-dir"]
+        else None
+    )
+    ProcessReaper(reactor, runner, recordPath).setServiceParent(top)
     _Cleanup(runner).setServiceParent(top)
     device = DeviceService(
         reactor, VtconClientEndpoint(reactor, options["device"]), Factory.forProtocol(buildProtocol)
