@@ -31,6 +31,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from prokshy._version import __version__
+from prokshy.guest.legacy import LogLimiter
+from prokshy.guest.reaper import systemUptime
 from prokshy.guest.runner import CommandRefused, _signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
 from prokshy.streams.stream import StreamRefused
@@ -140,6 +142,17 @@ class ExecStreamProtocol(Protocol):
         except CommandRefused as e:
             self.slots.release()
             self.transport.abort(e.code, e.message)
+            return
+        except Exception as e:
+            # Whatever went wrong, the slot is free again and the host
+            # learns why: the stream was accepted, so it is reset.
+            self.slots.release()
+            self.log.failure("command {name!r} could not be started", name=self.name)
+            self.transport.abort(
+                "internal-error",
+                "command %r could not be started: %s: %s"
+                % (self.name, type(e).__name__, e),
+            )
             return
         ex = self.execution
         self.transport.registerProducer(ex, True)
@@ -263,10 +276,16 @@ class GuestStreams:
     The guest's C{openHandler}: validates opens and builds their protocols.
     """
 
+    log = Logger()
+
     def __init__(self, runner, maxConcurrency=8, maxQueue=64, startedAt=None):
         self.runner = runner
         self.slots = Slots(maxConcurrency, maxQueue)
         self.startedAt = time.time() if startedAt is None else startedAt
+        clock = getattr(runner, "reactor", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._insecureLog = LogLimiter(clock, self.log)
 
     def __call__(self, stream):
         kind = stream.kind
@@ -288,6 +307,8 @@ class GuestStreams:
         try:
             self.runner.directory.resolve(name)
         except CommandRefused as e:
+            if e.code == "insecure":
+                self._insecureLog.emit("refused exec: {reason}", reason=e.message)
             raise StreamRefused(e.code, e.message)
         if self.slots.running >= self.slots.maxConcurrency and (
             self.slots.waiting >= self.slots.maxQueue
@@ -323,18 +344,9 @@ class GuestStreams:
 
 
 def _systemUptime():
-    try:
-        with open("/proc/uptime") as f:
-            return round(float(f.read().split()[0]), 3)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import subprocess
-
-        out = subprocess.run(
-            ["sysctl", "-n", "kern.boottime"], capture_output=True, timeout=2, text=True
-        ).stdout
-        sec = int(out.split("sec =")[1].split(",")[0])
-        return round(time.time() - sec, 3)
-    except Exception:
-        return None
+    """
+    Seconds since boot from the uptime clock (no file, no subprocess), or
+    None.
+    """
+    uptime = systemUptime()
+    return None if uptime is None else round(uptime, 3)
