@@ -23,6 +23,7 @@ from twisted.internet.error import ConnectionDone, NoProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from prokshy.transport.device import DeviceAddress, DeviceTransport, SerialTransport
@@ -32,6 +33,7 @@ from prokshy.transport.endpoints import (
     DeviceMissing,
     VtconClientEndpoint,
 )
+from prokshy.transport.interfaces import IDeviceEndpoint, IDeviceTransport, IHostPresence
 
 ALL_BYTES = bytes(range(256)) * 4
 
@@ -39,10 +41,12 @@ ALL_BYTES = bytes(range(256)) * 4
 # -- shared helpers -----------------------------------------------------------
 
 
+@implementer(IHostPresence)
 class RecordingProtocol(Protocol):
     """
     Records what happens to it; C{lost} fires (with L{None}) on
-    C{connectionLost}, whose reason is kept in C{reasons}.
+    C{connectionLost}, whose reason is kept in C{reasons}.  It hears the
+    host go and come back (L{IHostPresence}).
     """
 
     def __init__(self):
@@ -335,6 +339,24 @@ class TTYTests(PtyMixin, TestCase):
         self.assertEqual(protocol.transport.getHost(), DeviceAddress(path))
 
     @inlineCallbacks
+    def test_deviceTransport(self):
+        """
+        The serial transport is an L{IDeviceTransport}: its C{whenLost}
+        callbacks run once it is closed, after the protocol heard of it.
+        """
+        master, slave, path = self.openPty()
+        protocol = yield self.connect(path)
+        transport = protocol.transport
+        self.assertTrue(verifyObject(IDeviceTransport, transport))
+        reasons = []
+        transport.whenLost(lambda reason: reasons.append((list(protocol.events), reason)))
+        transport.loseConnection()
+        yield waitFor(lambda: reasons)
+        [(events, reason)] = reasons
+        self.assertEqual(events, ["made", "lost"])
+        self.assertIs(reason, protocol.reasons[0])
+
+    @inlineCallbacks
     def test_secondAgentIsBusy(self):
         """
         A second agent opening the same tty gets L{DeviceBusy}: the tty is
@@ -448,6 +470,7 @@ class ErrorTests(TestCase):
 
     def test_interface(self):
         self.assertTrue(verifyObject(IStreamClientEndpoint, VtconClientEndpoint(reactor, "/x")))
+        self.assertTrue(verifyObject(IDeviceEndpoint, VtconClientEndpoint(reactor, "/x")))
 
 
 # -- non-tty devices ------------------------------------------------------------

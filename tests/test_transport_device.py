@@ -17,13 +17,18 @@ import os
 import socket
 
 from twisted.internet import reactor
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyClass, verifyObject
 
+import prokshy.transport.device
+from prokshy import _machines
 from prokshy.transport.device import DeviceAddress, DeviceTransport
+from prokshy.transport.interfaces import IDeviceTransport, IHostPresence
 from tests.test_transport import ALL_BYTES, RecordingProtocol, closeProtocol, waitFor
 
 
@@ -299,6 +304,187 @@ class HostAwayTests(TestCase):
         self.goAway()
         self.assertTrue(self.transport.connected)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
+class PresenceMachineTests(SynchronousTestCase):
+    """
+    The host's presence on a L{DeviceTransport} is an Automat machine with
+    every (state, input) pair declared, and its table in the module
+    docstring.
+    """
+
+    def test_everyPairDeclared(self):
+        self.assertEqual(_machines.undeclared(DeviceTransport._machine), set())
+
+    def test_states(self):
+        self.assertEqual(
+            _machines.states(DeviceTransport._machine),
+            ["away", "closing", "closingAway", "gone", "present"],
+        )
+
+    def test_docstringCarriesTable(self):
+        self.assertIn(_machines.table(DeviceTransport._machine), prokshy.transport.device.__doc__)
+
+    def test_timersBelongToStates(self):
+        """
+        Every transition out of C{away} cancels the probe timer, and every
+        one out of C{closingAway} the close timer; entering them arms them.
+        """
+        rows = _machines.transitions(DeviceTransport._machine)
+        for old, timerOut, timerIn in [("away", "_cancelProbe", "_armProbe"),
+                                       ("closingAway", "_cancelClose", "_armClose")]:
+            for state, inp, new, outputs in rows:
+                if state == old and new != old:
+                    self.assertIn(timerOut, outputs, (state, inp, new))
+                if new == old and state != old:
+                    self.assertIn(timerIn, outputs, (state, inp, new))
+
+
+class PresenceTests(TestCase):
+    """
+    Transitions the machine made explicit, on a L{MemoryReactorClock}.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(self.peer.close)
+        self.fd = ours.detach()
+
+    def connect(self, protocol):
+        transport = DeviceTransport(protocol, self.fd, "/dev/vport0p1", self.reactor)
+        self.addCleanup(transport.abortConnection)
+        return transport
+
+    def test_interfaces(self):
+        protocol = RecordingProtocol()
+        transport = self.connect(protocol)
+        self.assertTrue(verifyObject(IDeviceTransport, transport))
+        self.assertTrue(verifyObject(IHostPresence, protocol))
+
+    def test_guestProtocolHearsPresence(self):
+        """
+        The agent's protocol declares L{IHostPresence}, so the transport
+        tells it.
+        """
+        from prokshy.guest.agent import GuestProtocol
+
+        self.assertTrue(verifyClass(IHostPresence, GuestProtocol))
+
+    def test_undeclaredProtocolNotProbed(self):
+        """
+        A protocol that does not provide L{IHostPresence} is not told, even
+        if it has methods of those names: nothing is looked up by name.
+        """
+        calls = []
+
+        class Undeclared(Protocol):
+            def hostAway(self):
+                calls.append("away")
+
+            def hostReturned(self):
+                calls.append("returned")
+
+        transport = self.connect(Undeclared())
+        transport._read = FakeReads(b"", b"back")
+        transport.doRead()
+        self.assertFalse(transport.hostConnected)
+        self.reactor.advance(transport.awayInitialDelay)
+        self.assertTrue(transport.hostConnected)
+        self.assertEqual(calls, [])
+
+    def test_probeTimerArmedOnEnteringAway(self):
+        protocol = RecordingProtocol()
+        transport = self.connect(protocol)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        transport._read = FakeReads(b"")
+        transport.doRead()
+        [probe] = self.reactor.getDelayedCalls()
+        self.assertEqual(probe.getTime(), transport.awayInitialDelay)
+
+    def test_abortWhileAwayCancelsProbe(self):
+        protocol = RecordingProtocol()
+        transport = self.connect(protocol)
+        transport._read = FakeReads(b"")
+        transport.doRead()
+        transport.abortConnection()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(protocol.events, ["made", "away", "lost"])
+        self.assertTrue(protocol.reasons[0].check(ConnectionAborted))
+        self.assertTrue(closed(self.fd))
+        self.assertFalse(transport.hostConnected)
+
+    def test_abortWhileClosingAwayCancelsClose(self):
+        """
+        C{loseConnection} with no host arms the close timer; an abort before
+        it fires cancels it, and the protocol hears of the end once.
+        """
+        protocol = RecordingProtocol()
+        transport = self.connect(protocol)
+        transport._read = FakeReads(b"")
+        transport.doRead()
+        transport.loseConnection()
+        [close] = self.reactor.getDelayedCalls()
+        transport.abortConnection()
+        self.assertFalse(close.active())
+        self.reactor.advance(1)
+        self.assertEqual(protocol.events, ["made", "away", "lost"])
+        self.assertTrue(protocol.reasons[0].check(ConnectionAborted))
+
+    def test_hostLeavesWhileFlushing(self):
+        """
+        The host goes while C{loseConnection} waits for the buffer to drain:
+        it can never drain, so the transport closes on the next tick and
+        discards it (it used to wait, probing, for a host to come back).
+        """
+        protocol = RecordingProtocol()
+        transport = self.connect(protocol)
+        transport.write(b"unsent")
+        transport.loseConnection()
+        transport._read = FakeReads(b"")
+        self.assertIsNone(transport.doRead())
+        self.assertNotIn(transport, self.reactor.getWriters())
+        self.reactor.advance(0)
+        self.assertEqual(protocol.events, ["made", "lost"])
+        self.assertTrue(protocol.reasons[0].check(ConnectionDone))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertTrue(closed(self.fd))
+
+    def test_fatalReadIsFinal(self):
+        """
+        Once C{doRead} has handed an error to the reactor, the
+        C{connectionLost} that follows ends the connection even if the fd
+        polls as "host away".
+        """
+        protocol = RecordingProtocol()
+        transport = self.connect(protocol)
+        self.peer.close()  # now the socketpair polls POLLIN|POLLHUP: "away"
+        transport._read = FakeReads(errno.EIO)
+        why = transport.doRead()
+        self.assertIsInstance(why, ConnectionLost)
+        transport.connectionLost(Failure(why))
+        self.assertEqual(protocol.events, ["made", "lost"])
+        self.assertTrue(closed(self.fd))
+
+    def test_whenLost(self):
+        """
+        C{whenLost} callbacks run after the protocol's C{connectionLost},
+        with its reason; one added afterwards runs at once.
+        """
+        order = []
+
+        class Protocol2(RecordingProtocol):
+            def connectionLost(self, reason):
+                order.append("protocol")
+                RecordingProtocol.connectionLost(self, reason)
+
+        transport = self.connect(Protocol2())
+        transport.whenLost(lambda reason: order.append(("callback", reason.type)))
+        transport.abortConnection()
+        transport.whenLost(lambda reason: order.append(("late", reason.type)))
+        self.assertEqual(
+            order, ["protocol", ("callback", ConnectionAborted), ("late", ConnectionAborted)]
+        )
 
 
 class RealReactorTests(TestCase):

@@ -29,12 +29,14 @@ import re
 
 from twisted.internet.serialport import SerialPort
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from prokshy.guest.execs import FEATURES
 from prokshy.guest.lines import GuestLineProtocol
 from prokshy.guest.runner import CommandRefused
 from prokshy.link.session import MIN_PAYLOAD, MIN_WINDOW, Link, LinkConfig
 from prokshy.streams.mux import Mux
+from prokshy.transport.interfaces import IHostPresence
 from prokshy.wire.channel import HelloError, parseHello
 
 #: Bytes in flight toward the guest when its device is a tty: under the
@@ -57,6 +59,7 @@ _REQUEST_START = re.compile(rb"[ \t]*([a-zA-Z0-9_.-]+)")
 _AFTER_NAME = b" \t\r\n"
 
 
+@implementer(IHostPresence)
 class GuestProtocol(GuestLineProtocol):
     """
     The agent's protocol on the device.

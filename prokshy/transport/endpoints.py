@@ -27,7 +27,6 @@ from zope.interface import implementer
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectError, NoProtocol
-from twisted.internet.interfaces import IStreamClientEndpoint
 
 from prokshy.transport.device import (
     DeviceAddress,
@@ -36,6 +35,7 @@ from prokshy.transport.device import (
     openDevice,
     openSerial,
 )
+from prokshy.transport.interfaces import IDeviceEndpoint
 
 __all__ = ["DeviceBusy", "DeviceError", "DeviceMissing", "VtconClientEndpoint"]
 
@@ -103,7 +103,7 @@ def _deviceError(path: str, e: BaseException) -> DeviceError:
     return DeviceError(path, None, str(e) or type(e).__name__)
 
 
-@implementer(IStreamClientEndpoint)
+@implementer(IDeviceEndpoint)
 class VtconClientEndpoint:
     """
     An endpoint for the guest side of a console port.
