@@ -7,9 +7,10 @@ a L{Clock}, one log line per change of state, a clean stop.
 from __future__ import annotations
 
 import os
+import termios
 
 from twisted.internet import reactor
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -17,19 +18,25 @@ from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from prokshy.transport.device import DeviceAddress
 from prokshy.transport.endpoints import DeviceBusy, DeviceError, DeviceMissing, VtconClientEndpoint
+from prokshy.transport.interfaces import IDeviceEndpoint, IDeviceTransport, IHostPresence
 from prokshy.transport.service import DeviceService
-from tests.test_transport import RecordingProtocol
+from tests.test_transport import RecordingProtocol, makeCooked, waitFor
 
 PATH = "/dev/vtcon/prokshy"
 
 
+@implementer(IDeviceTransport)
 class FakeTransport(StringTransport):
     """
-    A transport whose C{loseConnection} ends the connection on the next
-    clock tick (or never, if C{closes} is false).
+    A device transport whose C{loseConnection} ends the connection on the
+    next clock tick (or never, if C{closes} is false).  C{connectionLost}
+    is what a real one does when the device goes: it tells the protocol,
+    then the C{whenLost} callbacks.
     """
 
     def __init__(self, clock, closes=True):
@@ -37,17 +44,39 @@ class FakeTransport(StringTransport):
         self.clock = clock
         self.closes = closes
         self.aborted = False
+        self.lostReason = None
+        self._whenLost = []
 
     def loseConnection(self):
         StringTransport.loseConnection(self)
         if self.closes:
-            self.clock.callLater(0, self.protocol.connectionLost, Failure(ConnectionDone()))
+            self.clock.callLater(0, self.connectionLost, Failure(ConnectionDone()))
 
     def abortConnection(self):
         self.aborted = True
-        self.protocol.connectionLost(Failure(ConnectionAborted()))
+        self.connectionLost(Failure(ConnectionAborted()))
+
+    def discardBuffered(self):
+        dropped = len(self.value())
+        self.clear()
+        return dropped
+
+    def whenLost(self, callback):
+        if self.lostReason is not None:
+            callback(self.lostReason)
+        else:
+            self._whenLost.append(callback)
+
+    def connectionLost(self, reason):
+        if self.lostReason is not None:
+            return
+        self.lostReason = reason
+        self.protocol.connectionLost(reason)
+        for callback in self._whenLost:
+            callback(reason)
 
 
+@implementer(IDeviceEndpoint)
 class FakeEndpoint:
     """
     Answers C{connect} from a script: an exception fails it, C{"ok"}
@@ -185,7 +214,7 @@ class DeviceServiceTests(TestCase):
         self.runFor(3)
         first = service.protocol
         self.clock.advance(60)
-        self.endpoint.protocols[0].connectionLost(Failure(ConnectionLost("EIO")))
+        self.endpoint.protocols[0].transport.connectionLost(Failure(ConnectionLost("EIO")))
         self.assertEqual(first.events, ["made", "lost"])
         self.assertIsNone(service.protocol)
         self.clock.advance(0.2)
@@ -210,7 +239,7 @@ class DeviceServiceTests(TestCase):
         service = self.service("ok")
         service.startService()
         for i in range(6):
-            self.endpoint.protocols[-1].connectionLost(Failure(ConnectionDone()))
+            self.endpoint.protocols[-1].transport.connectionLost(Failure(ConnectionDone()))
             self.clock.advance(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds())
         self.assertEqual(self.delays(), [0.2, 0.4, 0.8, 1.6, 3.2, 5.0])
         self.assertIn("device /dev/vtcon/prokshy closed; reopening", self.messages())
@@ -218,12 +247,16 @@ class DeviceServiceTests(TestCase):
 
     def test_optionalMethodsReachProtocol(self):
         """
-        The transport sees the service's stand-in, which passes attribute
-        lookups (C{hostAway} and friends) to the real protocol.
+        The transport sees L{ClientService}'s stand-in, which passes
+        attribute lookups (C{hostAway} and friends) and the interfaces the
+        protocol provides (L{IHostPresence}) to the real protocol.
         """
         service = self.service("ok")
         service.startService()
         wrapper = self.endpoint.protocols[0]
+        self.assertIsNot(wrapper, service.protocol)
+        self.assertTrue(IHostPresence.providedBy(wrapper))
+        self.assertTrue(verifyObject(IHostPresence, wrapper))
         self.assertEqual(wrapper.hostAway, service.protocol.hostAway)
         self.assertIsNone(getattr(wrapper, "noSuchMethod", None))
         wrapper.dataReceived(b"x")
@@ -284,6 +317,131 @@ class DeviceServiceTests(TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class ClientServiceTests(TestCase):
+    """
+    L{DeviceService} is Twisted's L{ClientService} with a retry policy and
+    C{prepareConnection}, not a copy of it.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def test_isClientService(self):
+        from twisted.application.internet import ClientService
+
+        service = DeviceService(self.clock, FakeEndpoint(self.clock, "ok"), Factory.forProtocol(RecordingProtocol))
+        self.assertIsInstance(service, ClientService)
+
+    def test_noLinePerAttempt(self):
+        """
+        L{ClientService}'s "Scheduling retry" line for each attempt does not
+        reach the log: 30 s of retrying a missing device is one line.
+        """
+        endpoint = FakeEndpoint(self.clock, MISSING)
+        service = DeviceService(self.clock, endpoint, Factory.forProtocol(RecordingProtocol))
+        service.startService()
+        self.clock.pump([1.0] * 30)
+        self.assertGreater(len(endpoint.attempts), 5)
+        self.assertEqual([e for e in self.events if "Scheduling retry" in e.get("log_format", "")], [])
+        self.assertEqual(
+            [formatEvent(e) for e in self.events], ["device /dev/vtcon/prokshy missing; retrying"]
+        )
+        service.stopService()
+
+    def test_quietLogger(self):
+        """
+        The shared filter (L{prokshy._retrylog}, used by the host daemon's
+        VM services too) drops only the per-attempt lines.
+        """
+        from prokshy._retrylog import quietLogger
+
+        log = quietLogger("prokshy.transport.service.test")
+        log.info("Scheduling retry {attempt} to connect {endpoint} in {delay} seconds.",
+                 attempt=1, endpoint="x", delay=1)
+        log.warn("Duplicate ClientService.startService {log_source}")
+        self.assertEqual([e["log_format"] for e in self.events],
+                         ["Duplicate ClientService.startService {log_source}"])
+
+    def test_backoffPolicy(self):
+        """
+        The policy: Twisted's backoff from 0.2 s doubling to 5 s, whose count
+        carries on over an open that did not hold for 5 s, and restarts
+        after one that did.
+        """
+        from prokshy.transport.service import DeviceBackoff
+
+        policy = DeviceBackoff(self.clock, 0.2, 5.0)
+        self.assertEqual([policy(n) for n in (1, 2, 3)], [0.2, 0.4, 0.8])
+        policy.opened()
+        self.clock.advance(4.9)
+        self.assertEqual(policy(1), 1.6)
+        policy.opened()
+        self.clock.advance(5.0)
+        self.assertEqual(policy(1), 0.2)
+        policy.restart()
+        self.assertEqual(policy(1), 0.2)
+
+    def test_restartWhileStopping(self):
+        """
+        Started again before the stopping transport has closed, the service
+        opens the device again as soon as it has, and keeps the new
+        protocol (the old connection's end does not clear it).
+        """
+        endpoint = FakeEndpoint(self.clock, "ok")
+        service = DeviceService(self.clock, endpoint, Factory.forProtocol(RecordingProtocol))
+        service.startService()
+        first = service.protocol
+        stopped = service.stopService()
+        service.startService()
+        self.clock.advance(0)
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(len(endpoint.attempts), 2)
+        self.assertIsNot(service.protocol, first)
+        self.assertEqual(service.protocol.events, ["made"])
+        self.assertEqual(first.events, ["made", "lost"])
+        d = service.stopService()
+        self.clock.advance(0)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIsNone(service.protocol)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopWaitsForBookkeeping(self):
+        """
+        When the Deferred from C{stopService} fires, the service has
+        forgotten the protocol.
+        """
+        service = DeviceService(self.clock, FakeEndpoint(self.clock, "ok"), Factory.forProtocol(RecordingProtocol))
+        service.startService()
+        seen = []
+        service.stopService().addCallback(lambda _: seen.append(service.protocol))
+        self.clock.advance(0)
+        self.assertEqual(seen, [None])
+
+    def test_notADeviceTransport(self):
+        """
+        A transport that is not an L{IDeviceTransport} is refused with one
+        clear log line, and retried.
+        """
+        class PlainEndpoint(FakeEndpoint):
+            def connect(self, factory):
+                self.attempts.append(self.clock.seconds())
+                protocol = factory.buildProtocol(DeviceAddress(PATH))
+                protocol.makeConnection(StringTransport())
+                return succeed(protocol)
+
+        endpoint = PlainEndpoint(self.clock, "ok")
+        service = DeviceService(self.clock, endpoint, Factory.forProtocol(RecordingProtocol))
+        service.startService()
+        self.clock.pump([0.2, 0.4])
+        self.assertEqual(len(endpoint.attempts), 3)
+        self.assertIsNone(service.protocol)
+        [message] = [formatEvent(e) for e in self.events]
+        self.assertIn("needs an IDeviceTransport", message)
+        self.flushLoggedErrors(TypeError)
+        service.stopService()
+
+
 class RealDeviceServiceTests(TestCase):
     """
     The service around a real L{VtconClientEndpoint}, timed by a L{Clock}.
@@ -314,3 +472,31 @@ class RealDeviceServiceTests(TestCase):
         d = service.stopService()
         d.addCallback(lambda _: self.assertEqual(protocol.events, ["made", "lost"]))
         return d
+
+    @inlineCallbacks
+    def test_reopenReappliesRawMode(self):
+        """
+        Each time the service reopens a tty, it is made raw again (FreeBSD
+        resets a vtcon tty to cooked on each first open).
+        """
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(os.close, slave)
+        path = os.ttyname(slave)
+        clock = Clock()
+        service = DeviceService(
+            clock, VtconClientEndpoint(reactor, path), Factory.forProtocol(RecordingProtocol)
+        )
+        service.startService()
+        first = service.protocol
+        self.assertFalse(termios.tcgetattr(slave)[3] & termios.ECHO)
+        makeCooked(slave)
+        self.assertTrue(termios.tcgetattr(slave)[3] & termios.ECHO)
+        first.transport.loseConnection()
+        yield waitFor(lambda: service.protocol is None)
+        clock.advance(0.2)
+        self.assertIsNot(service.protocol, first)
+        self.assertIsInstance(service.protocol, RecordingProtocol)
+        self.assertFalse(termios.tcgetattr(slave)[3] & termios.ECHO)
+        self.assertFalse(termios.tcgetattr(slave)[3] & termios.ICANON)
+        yield service.stopService()

@@ -28,8 +28,9 @@ import time
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 
+from prokshy._retrylog import quietLogger
 from prokshy.host.client import HostProtocol
 from prokshy.host.queue import OpenQueue
 
@@ -55,23 +56,13 @@ class VMUnavailable(Exception):
         self.detail = detail
 
 
-def _quietRetries(event):
-    """
-    A log observer for L{ClientService}: everything but its per-attempt
-    "Scheduling retry" lines goes on to the global log.
-    """
-    if str(event.get("log_format", "")).startswith("Scheduling retry"):
-        return
-    globalLogPublisher(event)
-
-
 class _VMService(ClientService):
     """
     A L{ClientService} that logs no line per connection attempt and says
     GOODBYE to the VM when it stops.
     """
 
-    _log = Logger(namespace="prokshy.host.vm.ClientService", observer=_quietRetries)
+    _log = quietLogger("prokshy.host.vm.ClientService")
 
     def __init__(self, vm, *args, **kwargs):
         ClientService.__init__(self, *args, **kwargs)
