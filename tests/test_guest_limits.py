@@ -22,7 +22,8 @@ from twisted.trial import unittest
 from prokshy.guest._process import spawnWithReactor
 from prokshy.guest.execs import ExecStreamProtocol, Slots
 from prokshy.guest.legacy import LegacyHandler
-from prokshy.guest.runner import CommandRunner, ExitStatus
+from prokshy.execs.status import ExitStatus
+from prokshy.guest.runner import CommandRunner
 from prokshy.tap import guest as guestTap
 
 from .fakes import SH, MemoryProcessReactor, makeCommandDir

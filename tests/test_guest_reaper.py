@@ -20,7 +20,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
 from prokshy.guest import reaper
-from prokshy.guest.runner import CommandRunner, ExitStatus
+from prokshy.execs.status import ExitStatus
+from prokshy.guest.runner import CommandRunner
 
 from .fakes import PY, LogCapture, RecordingSink, addScript, makeCommandDir
 from .harness import Rig, shortTempDir, sleep, waitFor, withTimeout

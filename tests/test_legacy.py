@@ -14,7 +14,8 @@ from twisted.trial import unittest
 
 from prokshy.guest._process import spawnWithReactor
 from prokshy.guest.legacy import LegacyHandler, LogLimiter
-from prokshy.guest.runner import CommandRunner, ExitStatus
+from prokshy.execs.status import ExitStatus
+from prokshy.guest.runner import CommandRunner
 
 from .fakes import SH, LogCapture, MemoryProcessReactor, addScript, makeCommandDir
 

@@ -19,13 +19,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
 from prokshy.guest._process import ProcessGroupProcess, spawnWithReactor
-from prokshy.guest.runner import (
-    COMMAND_ENVIRONMENT,
-    CommandDirectory,
-    CommandRefused,
-    CommandRunner,
-    ExitStatus,
-)
+from prokshy.execs.refusals import CommandRefused
+from prokshy.execs.status import ExitStatus
+from prokshy.guest.runner import COMMAND_ENVIRONMENT, CommandDirectory, CommandRunner
 
 from .fakes import (
     PY,

@@ -33,7 +33,9 @@ from twisted.logger import Logger
 from prokshy._version import __version__
 from prokshy.guest.legacy import LogLimiter
 from prokshy.guest.reaper import systemUptime
-from prokshy.guest.runner import CommandRefused, _signalNumber
+from prokshy.execs.refusals import CommandRefused
+from prokshy.execs.status import ExitStatus
+from prokshy.guest.runner import _signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
 from prokshy.streams.stream import StreamRefused
 from prokshy.wire import frames
@@ -211,9 +213,7 @@ class ExecStreamProtocol(Protocol):
         self._gone = True
         self.transport.resumeProducing()
         self.transport.writeEof()
-        self.transport.sendControl(
-            frames.EXIT, {"code": None, "signal": number, "timed_out": False, "truncated": False}
-        )
+        self.transport.sendControl(frames.EXIT, ExitStatus(None, number).toExit())
         self.transport.loseConnection()
 
     # output from the command (the runner's sink)
@@ -233,15 +233,7 @@ class ExecStreamProtocol(Protocol):
         # (leftover stdin is dropped: the command is gone).
         self.transport.resumeProducing()
         self.transport.writeEof()
-        self.transport.sendControl(
-            frames.EXIT,
-            {
-                "code": status.code,
-                "signal": status.signal,
-                "timed_out": status.timedOut,
-                "truncated": status.truncated,
-            },
-        )
+        self.transport.sendControl(frames.EXIT, status.toExit())
         self.transport.loseConnection()
 
     def connectionLost(self, reason):

@@ -19,10 +19,8 @@ pipes.
 from __future__ import annotations
 
 import os
-import re
 import signal as _signal
 import stat
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Union
 
 from zope.interface import implementer
@@ -34,6 +32,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from prokshy.execs.names import NAME_PATTERN, checkName
+from prokshy.execs.refusals import CommandRefused
+from prokshy.execs.status import ExitStatus
 from prokshy.guest._process import SpawnFunction, spawnProcessGroup, spawnWithReactor
 
 __all__ = [
@@ -63,10 +64,6 @@ COMMAND_ENVIRONMENT: Dict[str, str] = {
     "PROKSHY": "1",
 }
 
-#: Valid command names (the original agent's C{^[a-zA-Z0-9_.-]+$}; C{\\Z},
-#: because C{$} also matches before a trailing newline).
-NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]+\Z")
-
 #: The working directory of every command.
 COMMAND_CWD = "/"
 
@@ -74,26 +71,6 @@ COMMAND_CWD = "/"
 #: command that never ends would block the device for good.
 LINE_TIMEOUT = 60.0
 LINE_MAX_OUTPUT = 16 * MiB
-
-
-class CommandRefused(Exception):
-    """
-    A command was not started.
-
-    @ivar code: one of C{bad-name}, C{no-such-command}, C{not-executable},
-        C{insecure}, C{busy}.
-    @ivar message: a human sentence saying why, for the log.
-    """
-
-    codes = ("bad-name", "no-such-command", "not-executable", "insecure", "busy")
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def _writable(mode: int) -> Optional[str]:
@@ -184,27 +161,8 @@ class CommandDirectory:
     def __repr__(self) -> str:
         return f"CommandDirectory({self.path!r})"
 
-    @staticmethod
-    def checkName(name: Union[str, bytes]) -> str:
-        """
-        Validate a command name without looking at the file system.
-
-        @param name: the name, as C{str} or ASCII C{bytes}.
-        @return: the name as C{str}.
-        @raise CommandRefused: C{bad-name}.
-        """
-        if isinstance(name, bytes):
-            try:
-                text = name.decode("ascii")
-            except UnicodeDecodeError:
-                raise CommandRefused("bad-name", f"bad name {name[:64]!r}") from None
-        elif isinstance(name, str):
-            text = name
-        else:
-            raise TypeError(f"command name must be str or bytes, not {name!r}")
-        if not NAME_PATTERN.match(text) or text in (".", ".."):
-            raise CommandRefused("bad-name", f"bad name {name[:64]!r}")
-        return text
+    #: The name rule (L{prokshy.execs.names.checkName}).
+    checkName = staticmethod(checkName)
 
     def resolve(self, name: Union[str, bytes]) -> str:
         """
@@ -319,49 +277,6 @@ class CommandDirectory:
         if problem:
             raise CommandRefused("insecure", f"command {text!r} is insecure: {problem}")
         return target
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """
-    How a command ended.
-
-    @ivar code: the exit code, or C{None} if a signal killed it.
-    @ivar signal: the signal number that killed it, or C{None}.
-    @ivar timedOut: the wall-clock timeout expired.
-    @ivar truncated: the output cap was reached; output was cut there.
-    """
-
-    code: Optional[int]
-    signal: Optional[int]
-    timedOut: bool = False
-    truncated: bool = False
-
-    @property
-    def success(self) -> bool:
-        return self.code == 0 and not (self.timedOut or self.truncated)
-
-    def describe(self) -> str:
-        """
-        @return: e.g. C{"exited 0"}, C{"killed by SIGTERM"}, or
-            C{"exited 1, timed out"}.
-        """
-        if self.signal is not None:
-            text = f"killed by {_signalName(self.signal)}"
-        else:
-            text = f"exited {self.code}"
-        if self.timedOut:
-            text += ", timed out"
-        if self.truncated:
-            text += ", output truncated"
-        return text
-
-
-def _signalName(number: int) -> str:
-    try:
-        return _signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _signalNumber(sig: Union[int, str]) -> int:

@@ -12,12 +12,13 @@ L{Session.exec} collects the whole output; L{Session.execStream} streams it
 to callbacks and gives a handle to stream stdin, signal and cancel.
 """
 
-import attr
+import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from prokshy.execs.status import ExitStatus
 from prokshy.link.session import Link, LinkConfig, SessionEnded
 from prokshy.streams.mux import Mux
 from prokshy.streams.stream import StreamError, decodeJSON
@@ -41,49 +42,19 @@ class ExecFailed(Exception):
     """
 
 
-@attr.s(frozen=True)
-class ExecResult:
+@attrs.frozen
+class ExecResult(ExitStatus):
     """
-    How a remote command ended.
+    How a remote command ended: an L{ExitStatus} (C{code}, C{signal},
+    C{timedOut}, C{truncated}, C{exitStatus}, read from the EXIT frame by
+    C{ExecResult.fromExit(obj)}) and the output L{Session.exec} collected.
 
-    @ivar code: its exit code, or None if a signal ended it.
-    @ivar signal: the signal number, or None.
-    @ivar timedOut: the guest's timeout for it expired.
-    @ivar truncated: the guest's output cap was reached.
     @ivar stdout: collected stdout (L{Session.exec} only).
     @ivar stderr: collected stderr (L{Session.exec} only).
     """
 
-    code = attr.ib()
-    signal = attr.ib()
-    timedOut = attr.ib(default=False)
-    truncated = attr.ib(default=False)
-    stdout = attr.ib(default=b"", repr=False)
-    stderr = attr.ib(default=b"", repr=False)
-
-    @property
-    def exitStatus(self):
-        """
-        A shell-style status: the code, or 128+N for signal N.
-        """
-        if self.code is not None:
-            return self.code
-        if self.signal is not None:
-            return 128 + self.signal
-        return 255
-
-    @classmethod
-    def fromExit(cls, obj, stdout=b"", stderr=b""):
-        code = obj.get("code")
-        sig = obj.get("signal")
-        return cls(
-            code=code if isinstance(code, int) else None,
-            signal=sig if isinstance(sig, int) else None,
-            timedOut=bool(obj.get("timed_out")),
-            truncated=bool(obj.get("truncated")),
-            stdout=stdout,
-            stderr=stderr,
-        )
+    stdout: bytes = attrs.field(default=b"", repr=False)
+    stderr: bytes = attrs.field(default=b"", repr=False)
 
 
 class _ExecClient(Protocol):
@@ -201,7 +172,7 @@ class Session:
             running.write(stdin)
         running.closeStdin()
         result = yield running.result
-        return attr.evolve(result, stdout=b"".join(out), stderr=b"".join(err))
+        return attrs.evolve(result, stdout=b"".join(out), stderr=b"".join(err))
 
     def info(self, vm=None):
         """

@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy.guest.lines import GuestLineProtocol
-from prokshy.guest.runner import CommandDirectory, ExitStatus
+from prokshy.execs.names import checkName
+from prokshy.execs.status import ExitStatus
 from prokshy.host.client import RunningExec, _ExecClient
 from prokshy.streams.stream import StreamRefused
 
@@ -31,7 +32,7 @@ class _Names:
     Name checks only: whether the command exists is the guest's business.
     """
 
-    resolve = staticmethod(CommandDirectory.checkName)
+    resolve = staticmethod(checkName)
 
 
 class RemoteExecution:
@@ -77,7 +78,7 @@ class RemoteExecution:
         if self._eof:
             running.closeStdin()
         running.result.addCallbacks(
-            lambda r: self._finish(ExitStatus(r.code, r.signal, r.timedOut, r.truncated)),
+            self._finish,
             self._failed,
         )
 
@@ -156,7 +157,7 @@ class _RemoteRunner:
         # The guest's line-protocol limits (line=True) are not asked for: the
         # daemon cancels the command when its client goes away.
         return RemoteExecution(
-            self.vm, self.client, CommandDirectory.checkName(name), sink, self._unavailable
+            self.vm, self.client, checkName(name), sink, self._unavailable
         )
 
 
