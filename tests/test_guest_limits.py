@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from prokshy.guest._process import spawnWithReactor
 from prokshy.guest.execs import ExecStreamProtocol, Slots
-from prokshy.guest.legacy import LegacyHandler
+from prokshy.lines.legacy import LegacyHandler
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.runner import CommandRunner
 from prokshy.tap import guest as guestTap

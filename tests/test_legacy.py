@@ -1,5 +1,5 @@
 """
-Tests for L{prokshy.guest.legacy}: the original line protocol, driven with
+Tests for L{prokshy.lines.legacy}: the original line protocol, driven with
 a fake process reactor (and, at the end, with real scripts).
 """
 
@@ -13,7 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from prokshy.guest._process import spawnWithReactor
-from prokshy.guest.legacy import LegacyHandler, LogLimiter
+from prokshy.lines.legacy import LegacyHandler
+from prokshy.lines.loglimit import LogLimiter
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.runner import CommandRunner
 
@@ -560,3 +561,66 @@ class RealCommandTests(unittest.TestCase, LogCapture):
         yield self.waitIdle()
         self.assertEqual(self.output, [])
         self.assertLogged("command 'cat' exited 0", "0 bytes")
+
+
+class InterfaceTests(unittest.TestCase):
+    """
+    The line protocol drives a runner through declared interfaces: the
+    guest's L{CommandRunner} and the daemon's remote runner both provide
+    them.
+    """
+
+    def test_guestRunner(self):
+        from zope.interface.verify import verifyObject
+
+        from prokshy.execs.interfaces import ICommandNames, ICommandRunner, IExecution
+
+        reactor = MemoryProcessReactor()
+        runner = CommandRunner(reactor, makeCommandDir({"cmd": SH}), spawn=spawnWithReactor)
+        self.assertTrue(verifyObject(ICommandRunner, runner))
+        self.assertTrue(verifyObject(ICommandNames, runner.directory))
+        execution = runner.start("cmd", _Sink())
+        self.assertTrue(verifyObject(IExecution, execution))
+        reactor.processes[-1].end(0)
+
+    def test_remoteRunner(self):
+        from zope.interface.verify import verifyClass, verifyObject
+
+        from prokshy.execs.interfaces import ICommandNames, ICommandRunner, IExecution
+        from prokshy.host import legacy
+
+        self.assertTrue(verifyClass(ICommandRunner, legacy._RemoteRunner))
+        self.assertTrue(verifyObject(ICommandNames, legacy._Names()))
+        self.assertTrue(verifyClass(IExecution, legacy.RemoteExecution))
+
+    def test_sinkToldOfTheEnd(self):
+        """
+        A sink that provides L{IOutputFinished} is told, once, before done
+        fires; one that does not is not asked.
+        """
+        from zope.interface import implementer
+
+        from prokshy.execs.interfaces import IOutputFinished
+
+        events = []
+
+        @implementer(IOutputFinished)
+        class Finishing(_Sink):
+            def outputFinished(self):
+                events.append("finished")
+
+        reactor = MemoryProcessReactor()
+        runner = CommandRunner(reactor, makeCommandDir({"cmd": SH}), spawn=spawnWithReactor)
+        for sink in (Finishing(), _Sink()):
+            execution = runner.start("cmd", sink)
+            execution.done.addCallback(lambda status: events.append("done"))
+            reactor.processes[-1].end(0)
+        self.assertEqual(events, ["finished", "done", "done"])
+
+
+class _Sink:
+    def stdoutReceived(self, data):
+        pass
+
+    def stderrReceived(self, data):
+        pass

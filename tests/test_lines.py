@@ -1,5 +1,5 @@
 """
-Tests for L{prokshy.guest.lines.GuestLineProtocol}.
+Tests for L{prokshy.lines.protocol.GuestLineProtocol}.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from prokshy.guest._process import spawnWithReactor
-from prokshy.guest.lines import GuestLineProtocol
+from prokshy.lines.protocol import GuestLineProtocol
 from prokshy.guest.runner import CommandRunner
 
 from .fakes import SH, LogCapture, MemoryProcessReactor, makeCommandDir

@@ -32,8 +32,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy.guest.execs import FEATURES
-from prokshy.guest.lines import GuestLineProtocol
-from prokshy.guest.runner import CommandRefused
+from prokshy.lines.protocol import GuestLineProtocol
+from prokshy.execs.refusals import CommandRefused
 from prokshy.link.session import MIN_PAYLOAD, MIN_WINDOW, Link, LinkConfig
 from prokshy.streams.mux import Mux
 from prokshy.transport.interfaces import IHostPresence

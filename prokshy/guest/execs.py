@@ -31,7 +31,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from prokshy._version import __version__
-from prokshy.guest.legacy import LogLimiter
+from prokshy.lines.loglimit import LogLimiter
 from prokshy.guest.reaper import systemUptime
 from prokshy.execs.refusals import CommandRefused
 from prokshy.execs.status import ExitStatus

@@ -27,11 +27,12 @@ from zope.interface import implementer
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IPushProducer, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from prokshy.execs.interfaces import ICommandNames, ICommandRunner, IExecution, IOutputFinished
 from prokshy.execs.names import NAME_PATTERN, checkName
 from prokshy.execs.refusals import CommandRefused
 from prokshy.execs.status import ExitStatus
@@ -148,6 +149,7 @@ def _checkComponents(
     return None, sawLink
 
 
+@implementer(ICommandNames)
 class CommandDirectory:
     """
     The C{command.d} directory: maps a command name to an executable.
@@ -315,7 +317,7 @@ class _ExecutionProtocol(ProcessProtocol):
         self._execution._processEnded(reason)
 
 
-@implementer(IPushProducer)
+@implementer(IExecution)
 class Execution:
     """
     One running command.
@@ -618,10 +620,9 @@ class Execution:
             setattr(self, name, None)
         status = ExitStatus(self._code, self._signal, self._timedOut, self._truncated)
         self.status = status
-        outputFinished = getattr(self._sink, "outputFinished", None)
-        if outputFinished is not None:
+        if IOutputFinished.providedBy(self._sink):
             try:
-                outputFinished()
+                self._sink.outputFinished()
             except Exception:
                 _log.failure("sink of command {name!r} failed", name=self.name)
         _log.emit(
@@ -643,6 +644,7 @@ def _exitLevel(status: ExitStatus) -> LogLevel:
     return LogLevel.info
 
 
+@implementer(ICommandRunner)
 class CommandRunner:
     """
     Starts commands from a L{CommandDirectory}.
@@ -743,7 +745,6 @@ class CommandRunner:
         name: Union[str, bytes],
         sink: Any,
         timeout: Optional[float] = None,
-        *,
         line: bool = False,
     ) -> Execution:
         """

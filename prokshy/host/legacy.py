@@ -20,13 +20,15 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from prokshy.guest.lines import GuestLineProtocol
+from prokshy.lines.protocol import GuestLineProtocol
+from prokshy.execs.interfaces import ICommandNames, ICommandRunner, IExecution
 from prokshy.execs.names import checkName
 from prokshy.execs.status import ExitStatus
 from prokshy.host.client import RunningExec, _ExecClient
 from prokshy.streams.stream import StreamRefused
 
 
+@implementer(ICommandNames)
 class _Names:
     """
     Name checks only: whether the command exists is the guest's business.
@@ -35,6 +37,7 @@ class _Names:
     resolve = staticmethod(checkName)
 
 
+@implementer(IExecution)
 class RemoteExecution:
     """
     An L{Execution}-like handle on a command run through an exec stream,
@@ -145,6 +148,7 @@ class RemoteExecution:
             self._opening.cancel()
 
 
+@implementer(ICommandRunner)
 class _RemoteRunner:
     directory = _Names()
 

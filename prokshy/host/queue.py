@@ -44,7 +44,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from prokshy.guest.legacy import LogLimiter
+from prokshy.lines.loglimit import LogLimiter
 from prokshy.link.session import NotConnected, SessionEnded
 from prokshy.streams.stream import StreamRefused, encodeJSON
 

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy._version import __version__
-from prokshy.guest.legacy import LogLimiter
+from prokshy.lines.loglimit import LogLimiter
 from prokshy.host.relay import relay
 from prokshy.host.vm import VMUnavailable
 from prokshy.link.session import Link, LinkConfig

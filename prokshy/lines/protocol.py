@@ -6,7 +6,7 @@ L{GuestLineProtocol} splits the byte stream from the host into LF-terminated
 lines.  Lines starting with byte C{0xFF} go to L{helloLineReceived
 <GuestLineProtocol.helloLineReceived>}, the hook for the upgrade to the
 framed protocol; every other line goes to a
-L{LegacyHandler<prokshy.guest.legacy.LegacyHandler>}.
+L{LegacyHandler<prokshy.lines.legacy.LegacyHandler>}.
 
 Unlike Twisted's default, a line longer than C{MAX_LENGTH} does not close the
 device: it is discarded up to its LF (even if that LF arrives much later),
@@ -22,8 +22,9 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from prokshy.guest.legacy import LegacyHandler, LogLimiter
-from prokshy.guest.runner import CommandRunner
+from prokshy.execs.interfaces import ICommandRunner
+from prokshy.lines.legacy import LegacyHandler
+from prokshy.lines.loglimit import LogLimiter
 
 __all__ = ["GuestLineProtocol", "HELLO_PREFIX"]
 
@@ -53,7 +54,7 @@ class GuestLineProtocol(LineReceiver):
     staleLine = 5.0
 
     def __init__(
-        self, runner: CommandRunner, clock: IReactorTime, maxLine: int = 64 * 1024
+        self, runner: ICommandRunner, clock: IReactorTime, maxLine: int = 64 * 1024
     ) -> None:
         self.runner = runner
         self.clock = clock

@@ -31,11 +31,13 @@ from typing import Any, Callable, Deque, Optional, Union
 from zope.interface import implementer
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
-from prokshy.guest.runner import CommandRefused, CommandRunner, Execution
+from prokshy.execs.interfaces import ICommandRunner, IExecution, IOutputFinished
+from prokshy.execs.refusals import CommandRefused
+from prokshy.lines.loglimit import LogLimiter
 
-__all__ = ["LegacyHandler", "LogLimiter"]
+__all__ = ["LegacyHandler"]
 
 _log = Logger()
 
@@ -54,61 +56,7 @@ def _strip(line: bytes) -> bytes:
     return line.strip(_BLANKS)
 
 
-class LogLimiter:
-    """
-    Emit at most one log event per C{interval}; count the others and report
-    the count with the next one that is emitted (or on L{flush}).
-
-    A flood of garbage therefore costs at most one log line per interval.
-    """
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        log: Logger,
-        interval: float = 1.0,
-        level: LogLevel = LogLevel.warn,
-    ) -> None:
-        self._clock = clock
-        self._log = log
-        self._interval = interval
-        self._level = level
-        self._last: Optional[float] = None
-        self.suppressed = 0
-
-    def emit(self, format: str, **kwargs: Any) -> bool:
-        """
-        Log C{format} (a L{twisted.logger} format string; put data in
-        C{kwargs}, never in C{format}) unless one was logged less than
-        C{interval} ago.
-
-        @return: whether it was logged.
-        """
-        now = self._clock.seconds()
-        if self._last is not None and now - self._last < self._interval:
-            self.suppressed += 1
-            return False
-        self._last = now
-        if self.suppressed:
-            format += " ({suppressed} similar messages suppressed)"
-            kwargs["suppressed"] = self.suppressed
-            self.suppressed = 0
-        self._log.emit(self._level, format, **kwargs)
-        return True
-
-    def flush(self) -> None:
-        """
-        Report the suppressed count, if any.
-        """
-        if self.suppressed:
-            self._log.emit(
-                self._level,
-                "{suppressed} similar messages suppressed",
-                suppressed=self.suppressed,
-            )
-            self.suppressed = 0
-
-
+@implementer(IOutputFinished)
 class _LegacySink:
     """
     Receives one command's output: stdout to the handler's C{write}, stderr
@@ -168,7 +116,7 @@ class _OutputThrottle:
     away resumes it rather than killing it.
     """
 
-    def __init__(self, execution: Execution) -> None:
+    def __init__(self, execution: IExecution) -> None:
         self.execution = execution
 
     def pauseProducing(self) -> None:
@@ -198,7 +146,7 @@ class LegacyHandler:
 
     def __init__(
         self,
-        runner: CommandRunner,
+        runner: ICommandRunner,
         write: Callable[[bytes], Any],
         clock: IReactorTime,
         argWait: float = 1.0,
@@ -212,7 +160,7 @@ class LegacyHandler:
         #: Called with no arguments whenever the handler becomes idle: no
         #: command running, none waiting for its argument, no queued lines.
         self.onIdle: Optional[Callable[[], Any]] = None
-        self.current: Optional[Execution] = None
+        self.current: Optional[IExecution] = None
         self._sink: Optional[_LegacySink] = None
         self._throttle: Optional[_OutputThrottle] = None
         self._pendingName: Optional[bytes] = None
@@ -404,7 +352,7 @@ class LegacyHandler:
         execution.closeStdin()
         execution.done.addBoth(self._commandDone, execution)
 
-    def _commandDone(self, result: Any, execution: Execution) -> Any:
+    def _commandDone(self, result: Any, execution: IExecution) -> Any:
         if execution is self.current:
             self._unthrottle()
             self.current = None
@@ -417,7 +365,7 @@ class LegacyHandler:
 
     # -- device backpressure -----------------------------------------------
 
-    def _throttleWith(self, execution: Execution) -> None:
+    def _throttleWith(self, execution: IExecution) -> None:
         consumer = self.consumer
         if consumer is None or getattr(consumer, "producer", None) is not None:
             return
