@@ -22,13 +22,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 import prokshy
 from tests.harness import RawClient
 from prokshy.sim.faults import TO_GUEST, TO_HOST, FaultInjector, Faults
+from prokshy.sim.pty import PtyMaster
 from prokshy.sim.vmsim import (
     BHYVE,
     DEFAULT_GUEST_BUFFER,
     QEMU,
     SimError,
     VMSim,
-    _PtyMaster,
     faultsFromArgs,
     main,
     makeParser,
@@ -685,7 +685,7 @@ class PtyMasterTests(TestCase):
         """
         master, slave, closeSlave = self.openpty()
         received = []
-        pty = _PtyMaster(reactor, master, received.append)
+        pty = PtyMaster(reactor, master, received.append)
         self.addCleanup(pty.close)
         os.write(slave, b"before")
         pty.startReading()
@@ -700,7 +700,7 @@ class PtyMasterTests(TestCase):
         EAGAIN is no data yet; EIO is a lost connection.
         """
         master, slave, closeSlave = self.openpty()
-        pty = _PtyMaster(reactor, master, self.fail)
+        pty = PtyMaster(reactor, master, self.fail)
         self.addCleanup(pty.close)
         self.assertIsNone(pty.doRead())
         closeSlave()
@@ -784,6 +784,61 @@ class ArgumentTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, VMSim, reactor, "s", "d", mode="xen")
         self.assertRaises(ValueError, VMSim, reactor, "s", "d", guestBuffer=0)
+
+
+class SplitTests(SynchronousTestCase):
+    """
+    The simulator's parts: the pty side, the two channel policies and the
+    command line, each in its own module; L{prokshy.sim.vmsim} keeps the
+    public API.
+    """
+
+    def test_policiesDeclared(self):
+        """
+        Each mode is an L{IChannelPolicy}, chosen by name.
+        """
+        from zope.interface.verify import verifyObject
+
+        from prokshy.sim.policy import BhyvePolicy, IChannelPolicy, QemuPolicy, policyFor
+
+        for mode, cls in [(BHYVE, BhyvePolicy), (QEMU, QemuPolicy)]:
+            sim = VMSim(reactor, "s", "d", mode=mode)
+            self.assertIsInstance(sim.policy, cls)
+            self.assertTrue(verifyObject(IChannelPolicy, sim.policy))
+            self.assertEqual(sim.policy.mode, mode)
+        self.assertRaises(ValueError, policyFor, "xen", None)
+
+    def test_publicAPI(self):
+        """
+        What the demo, the tests, the bench and the console script
+        (C{prokshy.sim.vmsim:main}) import from L{prokshy.sim.vmsim} is there.
+        """
+        import prokshy.sim.cli
+        import prokshy.sim.vmsim as vmsim
+
+        self.assertIs(vmsim.main, prokshy.sim.cli.main)
+        self.assertIs(vmsim.makeParser, prokshy.sim.cli.makeParser)
+        for name in vmsim.__all__:
+            self.assertTrue(hasattr(vmsim, name), name)
+
+    def test_cliImportsNoSimulator(self):
+        """
+        The command line module imports neither the simulator nor a reactor
+        until it runs.
+        """
+        code = (
+            "import sys, prokshy.sim.cli\n"
+            "print([m for m in ('prokshy.sim.vmsim', 'prokshy.sim.pty',"
+            " 'twisted.internet.reactor') if m in sys.modules])\n"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(prokshy.__file__)))
+        env = dict(os.environ, PYTHONPATH=root)
+        import subprocess
+
+        output = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, check=True
+        ).stdout
+        self.assertEqual(output.strip(), b"[]")
 
 
 class _Child(ProcessProtocol):
