@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from prokshy.execs import names, refusals
 from prokshy.execs.status import ExitStatus
-from prokshy.guest.runner import CommandDirectory
+from prokshy.guest.commands import CommandDirectory
 from prokshy.host.client import ExecResult
 
 

@@ -1,5 +1,6 @@
 """
-Tests for L{prokshy.guest.runner} and L{prokshy.guest._process}.
+Tests for L{prokshy.guest.commands}, L{prokshy.guest.runner} and
+L{prokshy.guest._process}.
 
 Validation and the execution state machine use a temporary command
 directory and L{MemoryProcessReactor}; the integration tests at the end run
@@ -21,7 +22,8 @@ from twisted.trial import unittest
 from prokshy.guest._process import ProcessGroupProcess, spawnWithReactor
 from prokshy.execs.refusals import CommandRefused
 from prokshy.execs.status import ExitStatus
-from prokshy.guest.runner import COMMAND_ENVIRONMENT, CommandDirectory, CommandRunner
+from prokshy.guest.commands import CommandDirectory
+from prokshy.guest.runner import COMMAND_ENVIRONMENT, CommandRunner
 
 from .fakes import (
     PY,

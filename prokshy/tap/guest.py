@@ -150,7 +150,8 @@ def makeService(options, reactor=None):
     from prokshy.guest.agent import GuestProtocol
     from prokshy.guest.execs import GuestStreams
     from prokshy.guest.reaper import ProcessReaper, recordName
-    from prokshy.guest.runner import CommandDirectory, CommandRunner
+    from prokshy.guest.commands import CommandDirectory
+    from prokshy.guest.runner import CommandRunner
     from prokshy.transport.endpoints import VtconClientEndpoint
     from prokshy.transport.service import DeviceService
 
