@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_transport -*-
 """
-Tests for L{prokshy.transport.endpoints} and the tty side of
-L{prokshy.transport.device}, on real ptys and FIFOs.
+Tests for L{prokshy.transport.endpoints} and the tty transport
+(L{prokshy.transport.tty}), on real ptys and FIFOs.
 
 The helpers at the top are shared with the other C{tests.test_transport_*}
 modules.

@@ -1,35 +1,26 @@
-# -*- test-case-name: tests.test_transport,tests.test_transport_device -*-
+# -*- test-case-name: tests.test_transport_device,tests.test_transport -*-
 """
-The guest's device transports.
+The guest's non-tty device transport, L{DeviceTransport}, for a char
+device that is no tty (Linux C{/dev/virtio-ports/NAME}); the tty transport
+is in L{prokshy.transport.tty} (its names are also importable from here).
 
-Two kinds of device carry the console port into the guest:
+L{DeviceTransport} is a small L{abstract.FileDescriptor} on a plain
+non-blocking fd.  While no host is connected such a port answers C{read()
+== 0} and polls C{POLLIN|POLLHUP} for ever; that is "host away", not end of
+file.  The transport then stops polling the fd (a level triggered C{POLLHUP}
+would spin, and a write-only registration would be turned into
+C{connectionLost} by the reactor), keeps the fd open so that queued input
+survives, buffers writes, and probes the fd on a timer with a capped
+exponential backoff until the host is back.  The host that comes back is a
+new client (a host connection never survives a disconnect), so the writes
+still buffered then, which were meant for the host that left, are discarded
+rather than sent to it.
 
-  - a B{tty} (FreeBSD C{/dev/vtcon/NAME}, an isa-serial port, a pty in the
-    tests).  It goes through pyserial and Twisted's L{SerialPort}, but
-    pyserial's own configuration is not trusted to be raw: L{RawSerial}
-    enforces the full C{cfmakeraw} set, the speed, C{VMIN=1 VTIME=0} and an
-    input flush every time the port is opened, because FreeBSD resets the
-    termios of a vtcon tty to cooked on each first open.  L{SerialTransport}
-    wraps an already opened L{RawSerial}, so that opening errors surface
-    before a protocol is built, and gives C{getHost}/C{getPeer}.
-
-  - a B{non-tty} char device (Linux C{/dev/virtio-ports/NAME}).
-    L{DeviceTransport} is a small L{abstract.FileDescriptor} on a plain
-    non-blocking fd.  While no host is connected such a port answers
-    C{read() == 0} and polls C{POLLIN|POLLHUP} for ever; that is "host away",
-    not end of file.  The transport then stops polling the fd (a level
-    triggered C{POLLHUP} would spin, and a write-only registration would be
-    turned into C{connectionLost} by the reactor), keeps the fd open so that
-    queued input survives, buffers writes, and probes the fd on a timer with
-    a capped exponential backoff until the host is back.  The host that
-    comes back is a new client (a host connection never survives a
-    disconnect), so the writes still buffered then, which were meant for the
-    host that left, are discarded rather than sent to it.
-
-Both provide L{IDeviceTransport}: C{discardBuffered()} drops the writes not
-sent yet (the protocol calls it when a framed session ends, so that a later
-client never receives the dead session's frames), and C{whenLost(callback)}
-says when the connection has ended (L{prokshy.transport.service} uses it).
+Both device transports provide L{IDeviceTransport}: C{discardBuffered()}
+drops the writes not sent yet (the protocol calls it when a framed session
+ends, so that a later client never receives the dead session's frames), and
+C{whenLost(callback)} says when the connection has ended
+(L{prokshy.transport.service} uses it).
 
 The presence of the host on a L{DeviceTransport} is an Automat state
 machine.  States: C{present} (a host, the fd in the reactor), C{closing}
@@ -107,23 +98,20 @@ from __future__ import annotations
 import errno
 import os
 import select
-import termios
 from typing import Any, Callable, List, Optional
 
-import attrs
-import serial
 from automat import MethodicalMachine
-from serial import EIGHTBITS, PARITY_NONE, STOPBITS_ONE
 from zope.interface import implementer
 
 from twisted.internet import abstract, fdesc, main
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.internet.serialport import SerialPort
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from prokshy.transport._base import DeviceAddress, LossCallbacks, discardWriteBuffer
 from prokshy.transport.interfaces import IDeviceTransport, IHostPresence
+from prokshy.transport.tty import RawSerial, SerialTransport, makeRaw, openSerial
 
 __all__ = [
     "DEVICE_OPEN_FLAGS",
@@ -139,240 +127,6 @@ __all__ = [
 #: Flags for opening a device: non-blocking, never our controlling terminal,
 #: never inherited by the commands we spawn.
 DEVICE_OPEN_FLAGS = os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-@implementer(IAddress)
-@attrs.frozen
-class DeviceAddress:
-    """
-    The address of a console device: its path.  Both C{getHost} and
-    C{getPeer} of the device transports return one.
-    """
-
-    path: str
-
-
-def _discardWriteBuffer(transport: abstract.FileDescriptor) -> int:
-    """
-    Drop what C{transport} (an L{abstract.FileDescriptor}) has buffered for
-    writing and not written yet, and resume a producer that the full buffer
-    had paused.  A frame cut short this way is dropped by the receiving
-    decoder at the next LF.
-
-    @return: how many bytes were dropped.
-    """
-    dropped = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    transport.dataBuffer = b""
-    transport.offset = 0
-    transport._tempDataBuffer = []
-    transport._tempDataLen = 0
-    producer = transport.producer
-    if dropped and producer is not None and transport.producerPaused and transport.connected:
-        transport.producerPaused = False
-        producer.resumeProducing()
-    return dropped
-
-
-class _LossCallbacks:
-    """
-    C{whenLost} for the device transports (L{IDeviceTransport}).
-    """
-
-    _log = Logger()
-
-    def __init__(self) -> None:
-        self._lossCallbacks: List[Callable[[Failure], object]] = []
-        self._lossReason: Optional[Failure] = None
-
-    def whenLost(self, callback: Callable[[Failure], object]) -> None:
-        """
-        Call C{callback(reason)} once the connection is lost, after the
-        protocol's C{connectionLost}; at once if it is lost already.
-        """
-        if self._lossReason is not None:
-            callback(self._lossReason)
-        else:
-            self._lossCallbacks.append(callback)
-
-    def _runLossCallbacks(self, reason: Failure) -> None:
-        self._lossReason = reason
-        callbacks, self._lossCallbacks = self._lossCallbacks, []
-        for callback in callbacks:
-            try:
-                callback(reason)
-            except Exception:
-                self._log.failure("Error in a whenLost callback of {transport}", transport=self)
-
-
-# -- tty ------------------------------------------------------------------
-
-
-def _flags(*names: str) -> int:
-    value = 0
-    for name in names:
-        value |= getattr(termios, name, 0)
-    return value
-
-
-# cfmakeraw(3), plus the bits pyserial leaves alone (BRKINT, IMAXBEL, IUTF8,
-# TOSTOP, ...) and the ones only some platforms have.
-_IFLAG_OFF = _flags(
-    "IGNBRK", "BRKINT", "PARMRK", "ISTRIP", "INLCR", "IGNCR", "ICRNL",
-    "IXON", "IXOFF", "IXANY", "INPCK", "IMAXBEL", "IUCLC", "IUTF8",
-)  # fmt: skip
-_OFLAG_OFF = _flags("OPOST", "ONLCR", "OCRNL", "ONOCR", "ONLRET", "OLCUC")
-_LFLAG_OFF = _flags(
-    "ECHO", "ECHOE", "ECHOK", "ECHONL", "ECHOCTL", "ECHOPRT", "ECHOKE",
-    "ICANON", "ISIG", "IEXTEN", "TOSTOP", "FLUSHO", "PENDIN", "EXTPROC",
-)  # fmt: skip
-_CFLAG_OFF = _flags("CSIZE", "PARENB", "PARODD", "CSTOPB", "CRTSCTS")
-_CFLAG_ON = termios.CS8 | termios.CLOCAL | termios.CREAD
-
-
-def makeRaw(fd: int, baudrate: Optional[int] = 115200, flush: bool = True) -> None:
-    """
-    Put the tty C{fd} into full raw mode (the C{cfmakeraw} set: no echo, no
-    line editing, no signals, no flow control, no CR/NL mapping, no
-    stripping, no output processing; 8 bits, C{CLOCAL|CREAD}, C{VMIN=1},
-    C{VTIME=0}) at C{baudrate}, then discard any input queued so far.
-
-    The attributes are applied with C{TCSANOW} followed by an explicit
-    C{tcflush(TCIFLUSH)} rather than with C{TCSAFLUSH}: C{TCSAFLUSH} first
-    drains pending output, which never finishes on a tty whose output was
-    stopped by a stray ^S while it was still cooked.
-
-    @param baudrate: the speed; if the platform has no C{B<baudrate>}
-        constant the speed is left as it is (pyserial sets custom speeds).
-    @raise termios.error: if C{fd} is not a tty.
-    """
-    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
-    iflag &= ~_IFLAG_OFF
-    oflag &= ~_OFLAG_OFF
-    lflag &= ~_LFLAG_OFF
-    cflag = (cflag & ~_CFLAG_OFF) | _CFLAG_ON
-    speed = getattr(termios, "B%d" % (baudrate,), None) if baudrate else None
-    if speed is not None:
-        ispeed = ospeed = speed
-    cc = list(cc)
-    cc[termios.VMIN] = 1
-    cc[termios.VTIME] = 0
-    termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
-    if flush:
-        termios.tcflush(fd, termios.TCIFLUSH)
-
-
-class RawSerial(serial.Serial):
-    """
-    A pyserial port that is forced into full raw mode whenever pyserial
-    (re)configures it, and flushed of stale input when it is opened.
-
-    pyserial's own setup clears C{ECHO}, C{ICANON}, C{ISIG}, C{IEXTEN},
-    C{OPOST}, C{ICRNL}, C{ISTRIP} and C{IXON}, but leaves C{BRKINT},
-    C{IMAXBEL}, C{IUTF8} and C{TOSTOP} as it found them and sets C{VMIN=0};
-    L{makeRaw} finishes the job.
-    """
-
-    def _reconfigure_port(self, force_update: bool = False) -> None:
-        super()._reconfigure_port(force_update)
-        # Flush only while opening: a later reconfiguration (a speed change)
-        # must not throw away live input.
-        makeRaw(self.fd, self._baudrate, flush=not self.is_open)
-
-
-def openSerial(path: str, baudrate: int = 115200) -> RawSerial:
-    """
-    Open the tty at C{path} as a L{RawSerial}: raw, at C{baudrate}, input
-    flushed, and C{flock}ed so that a second prokshy on the same tty fails
-    (FreeBSD lets several processes open a tty, which would split the input).
-
-    @raise serial.SerialException: (an C{OSError}) if it cannot be opened,
-        with C{errno} set when the system said why.
-    @raise termios.error: if raw mode cannot be applied.
-    """
-    return RawSerial(
-        path,
-        baudrate=baudrate,
-        bytesize=EIGHTBITS,
-        parity=PARITY_NONE,
-        stopbits=STOPBITS_ONE,
-        timeout=0,
-        xonxoff=False,
-        rtscts=False,
-        exclusive=True,
-    )
-
-
-@implementer(IDeviceTransport)
-class SerialTransport(_LossCallbacks, SerialPort):
-    """
-    Twisted's L{SerialPort} on an already opened L{RawSerial}, with
-    C{getHost}/C{getPeer} returning a L{DeviceAddress}, an
-    C{abortConnection} and the rest of L{IDeviceTransport}.
-
-    Like L{SerialPort}, the constructor connects C{protocol} and starts
-    reading.  If C{protocol.makeConnection} raises, the port is closed, the
-    protocol gets C{connectionLost} and the exception propagates.
-    """
-
-    def __init__(self, protocol, opened: serial.Serial, path: str, reactor) -> None:
-        _LossCallbacks.__init__(self)
-        self.path = path
-        self._opened = opened
-        try:
-            SerialPort.__init__(self, protocol, path, reactor, baudrate=opened.baudrate)
-        except BaseException:
-            if getattr(self, "protocol", None) is None:
-                opened.close()
-            else:
-                self.connectionLost(Failure())
-            raise
-
-    def _serialFactory(self, *args: Any, **kwargs: Any) -> serial.Serial:
-        # SerialPort.__init__ asks for a new pyserial object; hand over ours.
-        return self._opened
-
-    def getHost(self) -> DeviceAddress:
-        return DeviceAddress(self.path)
-
-    def getPeer(self) -> DeviceAddress:
-        return DeviceAddress(self.path)
-
-    def abortConnection(self) -> None:
-        """
-        Close at once, discarding unwritten data.
-        """
-        if self.connected:
-            self.connectionLost(Failure(ConnectionAborted()))
-
-    def discardBuffered(self) -> int:
-        """
-        Drop the writes not sent yet: those in our buffer, and those in the
-        tty's output queue (C{tcflush(TCOFLUSH)}).
-
-        @return: how many bytes were dropped from our buffer (the tty does
-            not say how many it dropped).
-        """
-        dropped = _discardWriteBuffer(self)
-        if self.connected:
-            try:
-                termios.tcflush(self.fileno(), termios.TCOFLUSH)
-            except (termios.error, OSError, ValueError):
-                pass
-        return dropped
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.disconnected:
-            return
-        try:
-            SerialPort.connectionLost(self, reason)
-        finally:
-            self._runLossCallbacks(reason)
-
-    def logPrefix(self) -> str:
-        return "SerialTransport"
-
-
-# -- non-tty ----------------------------------------------------------------
 
 
 def openDevice(path: str, _open: Callable[..., int] = os.open) -> int:
@@ -396,7 +150,7 @@ def _result(values: List[Any]) -> Any:
 
 
 @implementer(IDeviceTransport)
-class DeviceTransport(_LossCallbacks, abstract.FileDescriptor):
+class DeviceTransport(LossCallbacks, abstract.FileDescriptor):
     """
     A transport on a non-tty char device fd (Linux virtio-serial port), which
     survives the host going away.
@@ -439,7 +193,7 @@ class DeviceTransport(_LossCallbacks, abstract.FileDescriptor):
 
     def __init__(self, protocol, fd: int, path: str, reactor=None, clock=None) -> None:
         abstract.FileDescriptor.__init__(self, reactor)
-        _LossCallbacks.__init__(self)
+        LossCallbacks.__init__(self)
         fdesc.setNonBlocking(fd)
         self._fd = fd
         self.path = path
@@ -606,7 +360,7 @@ class DeviceTransport(_LossCallbacks, abstract.FileDescriptor):
     def _discardForNewClient(self):
         # A host connection never survives a disconnect: this is a new
         # client, and what was written for the one that left is not its.
-        dropped = _discardWriteBuffer(self)
+        dropped = discardWriteBuffer(self)
         if dropped:
             self._log.info(
                 "host back on {path}; discarded {nbytes} bytes written for the host that left",
@@ -823,7 +577,7 @@ class DeviceTransport(_LossCallbacks, abstract.FileDescriptor):
 
         @return: how many bytes were dropped.
         """
-        return _discardWriteBuffer(self)
+        return discardWriteBuffer(self)
 
     def connectionLost(self, reason: Failure) -> None:
         # Twisted reports a hang-up on a fd that is registered only for

@@ -5,7 +5,7 @@ virtio-console port (or any serial tty).
 
 C{connect} opens the device and looks at what it got.  A tty (FreeBSD
 C{/dev/vtcon/NAME}, isa-serial, a pty) is closed again and reopened through
-pyserial in full raw mode (L{prokshy.transport.device.openSerial}); anything
+pyserial in full raw mode (L{prokshy.transport.tty.openSerial}); anything
 else (Linux C{/dev/virtio-ports/NAME}) keeps the fd and gets a
 L{DeviceTransport}.  The probe is closed before pyserial opens the path, so
 an exclusive device (Linux returns C{EBUSY} to a second opener) is never
@@ -28,13 +28,9 @@ from zope.interface import implementer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectError, NoProtocol
 
-from prokshy.transport.device import (
-    DeviceAddress,
-    DeviceTransport,
-    SerialTransport,
-    openDevice,
-    openSerial,
-)
+from prokshy.transport._base import DeviceAddress
+from prokshy.transport.device import DeviceTransport, openDevice
+from prokshy.transport.tty import SerialTransport, openSerial
 from prokshy.transport.interfaces import IDeviceEndpoint
 
 __all__ = ["DeviceBusy", "DeviceError", "DeviceMissing", "VtconClientEndpoint"]
