@@ -419,7 +419,7 @@ class BadStringTests(SynchronousTestCase):
 
 class EndpointStringsTests(SynchronousTestCase):
     """
-    L{prokshy.host.endpoint_strings}: Twisted's tokens, and a quoting that
+    L{prokshy._endpointstrings}: Twisted's tokens, and a quoting that
     they undo.
     """
 
@@ -439,7 +439,7 @@ class EndpointStringsTests(SynchronousTestCase):
         L{parse} gives what Twisted's C{_parse} gives (the last of a
         repeated key), and names the repeated keys.
         """
-        from prokshy.host.endpoint_strings import parse
+        from prokshy._endpointstrings import parse
 
         for description in self.CORPUS:
             args, kwargs = endpoints._parse(description)
@@ -452,7 +452,7 @@ class EndpointStringsTests(SynchronousTestCase):
         L{quote} escapes a value for any place in a string: as a value
         without a key, after a key, and for Twisted too.
         """
-        from prokshy.host.endpoint_strings import parse, quote
+        from prokshy._endpointstrings import parse, quote
 
         for value in ["", "::1", "/run/a=b:c\\d.sock", "\\", "=", "k=v:w"]:
             positional = "unix:" + quote(value)

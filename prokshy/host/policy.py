@@ -21,7 +21,7 @@ daemon is replaced at start.  Every listener gets C{backlog=1024} unless
 given one: with Twisted's default of 50, a burst of clients connecting to a
 unix socket at once is refused.
 
-The string is read as Twisted will read it (L{prokshy.host.endpoint_strings}:
+The string is read as Twisted will read it (L{prokshy._endpointstrings}:
 Twisted's tokeniser, and the signature of Twisted's own parser for the type
 as the schema), so the interface judged is the one Twisted listens on,
 given by key or by position (C{tcp:7000:127.0.0.1}), with every escape
@@ -36,7 +36,7 @@ import attr
 from twisted.internet import endpoints
 
 from prokshy.host import tls
-from prokshy.host.endpoint_strings import EndpointStringError, bind, parse
+from prokshy._endpointstrings import EndpointStringError, bind, parse
 
 #: The schemas of the endpoint types this module judges: Twisted's own
 #: parsers, whose signatures (after the leading C{factory} or C{reactor})
@@ -94,7 +94,7 @@ def listenerPolicy(description, haveToken, haveClientCA=False):
     Decide the policy for a server endpoint string, and fill in safe
     defaults for unix sockets.
 
-    The string is read as Twisted reads it (L{prokshy.host.endpoint_strings}):
+    The string is read as Twisted reads it (L{prokshy._endpointstrings}):
     the interface judged is the one Twisted will listen on, given by key or
     by position, with every escape undone.
 

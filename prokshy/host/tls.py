@@ -5,7 +5,7 @@ TLS client certificates for the host daemon's C{ssl:} listeners.
 Twisted's C{ssl:} server endpoint string cannot ask for, or verify, client
 certificates.  With C{--tls-ca FILE}, C{prokshy-host} therefore builds its
 C{ssl:} listeners itself: L{parseSSLDescription} reads the endpoint string
-with L{prokshy.host.endpoint_strings} (Twisted's tokens and escapes; the
+with L{prokshy._endpointstrings} (Twisted's tokens and escapes; the
 signature of L{_parseSSL} is the schema: the keys and defaults of Twisted's
 C{ssl:} parser, minus C{sslmethod}), and L{serverContextFactory} makes a
 context factory that requires a client certificate signed by one of the CAs
@@ -19,7 +19,7 @@ C{twisted[tls]}); it is imported only when used.
 
 import re
 
-from prokshy.host.endpoint_strings import EndpointStringError, bind, parse, quote
+from prokshy._endpointstrings import EndpointStringError, bind, parse, quote
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL)
 

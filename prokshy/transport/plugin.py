@@ -13,7 +13,9 @@ C{twisted.internet.endpoints}): Twisted's tokeniser splits the string
 signature of L{_VtconParser._parseClient} is the schema: its parameters are
 the option names, in positional order, with their defaults.  Arguments that
 do not fit the signature (an unknown option, too many, one given twice) are
-a L{ValueError} with a one-line message naming the option.
+a L{ValueError} with a one-line message naming the option
+(L{prokshy._endpointstrings.bind}, which the daemon's listener strings use
+too).
 
 Every Twisted plugin scan imports this module (through
 C{twisted/plugins/prokshy_plugins.py}), so it imports nothing heavy: the
@@ -22,52 +24,12 @@ endpoint, pyserial and termios are imported only when a string is parsed.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable, Dict, Tuple
-
 from zope.interface import implementer
 
 from twisted.internet.interfaces import IStreamClientEndpointStringParserWithReactor
 from twisted.plugin import IPlugin
 
-__all__ = ["bindArguments", "vtconEndpointParser"]
-
-
-def bindArguments(
-    prefix: str, parse: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]
-) -> inspect.BoundArguments:
-    """
-    Bind the arguments Twisted's tokeniser made of a C{prefix:} endpoint
-    string to C{parse}, whose signature is the schema.
-
-    @param parse: a parser function (or bound method) that takes the reactor
-        first, then the options.
-    @param args: the positional arguments, the reactor first.
-    @raise ValueError: with a one-line message, if the arguments do not fit
-        the signature.
-    """
-    signature = inspect.signature(parse)
-    parameters = list(signature.parameters.values())
-    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    options = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)][1:]
-    unknown = sorted(set(kwargs) - set(options))
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters):
-        raise ValueError(
-            "%s: unknown option(s): %s (known: %s)"
-            % (prefix, ", ".join(unknown), ", ".join(options))
-        )
-    if len(args) > len(positional):
-        raise ValueError(
-            "%s: too many arguments: %r (at most %d: %s)"
-            % (prefix, args[1:], len(positional) - 1, ", ".join(positional[1:]))
-        )
-    for name in positional[1 : len(args)]:
-        if name in kwargs:
-            raise ValueError("%s: %s given twice" % (prefix, name))
-    try:
-        return signature.bind(*args, **kwargs)
-    except TypeError as e:
-        raise ValueError("%s: %s" % (prefix, e)) from None
+__all__ = ["vtconEndpointParser"]
 
 
 @implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
@@ -101,9 +63,20 @@ class _VtconParser:
 
     def parseStreamClient(self, reactor, *args, **kwargs):
         # Twisted's own parsers redirect the same way (see _TCP6ServerParser):
-        # the interface's *args/**kwargs signature, our schema's binding.
-        bound = bindArguments(self.prefix, self._parseClient, (reactor,) + args, kwargs)
-        return self._parseClient(*bound.args, **bound.kwargs)
+        # the interface's *args/**kwargs signature, our schema's binding,
+        # with the same binding rules as the daemon's listener strings.
+        from prokshy._endpointstrings import EndpointString, EndpointStringError, bind
+
+        try:
+            bound = bind(
+                self._parseClient,
+                EndpointString(self.prefix, args, kwargs),
+                leading=1,
+                label="the vtcon: endpoint",
+            )
+        except EndpointStringError as e:
+            raise ValueError("%s: %s" % (self.prefix, e)) from None
+        return self._parseClient(reactor, **bound)
 
 
 vtconEndpointParser = _VtconParser()
