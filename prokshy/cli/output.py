@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 #: The exit status after the reader of stdout went away: 128 + SIGPIPE,
 #: what a shell reports for C{cat} in the same place.
@@ -45,6 +45,54 @@ def isClosedPipe(error):
     away, as opposed to a real write error such as C{ENOSPC}.
     """
     return not isinstance(error, OSError) or error.errno in (errno.EPIPE, errno.ECONNRESET)
+
+
+class IOutput(Interface):
+    """
+    Where the CLI writes a stream of bytes (stdout, stderr, a C{--json}
+    collector): never blocking, never raising, with flow control for the
+    producers that feed it.
+    """
+
+    name = Attribute("C{'stdout'} or C{'stderr'}, for messages.")
+    lost = Attribute("Whether the output stopped taking data (its reader went away, a write failed).")
+    error = Attribute("Once lost: why (an OSError, or a ConnectionDone when the reader closed).")
+    bytesWritten = Attribute("Bytes handed to write (not necessarily written yet).")
+
+    def write(data):
+        """
+        Queue C{data}; ignored once lost.
+        """
+
+    def attach(gate):
+        """
+        Let a L{FlowGate} pause its producer while this output is full.
+        """
+
+    def detach(gate):
+        """
+        Forget a gate given to L{attach}.
+        """
+
+    def whenLost(callback):
+        """
+        Call C{callback(error)} once if the output stops taking data.
+        """
+
+    def close():
+        """
+        Write what is buffered; a Deferred firing once done.
+        """
+
+    def abort():
+        """
+        Drop what is buffered.
+        """
+
+    def restore():
+        """
+        Give the underlying descriptor its original flags back.
+        """
 
 
 class _FDWriter(abstract.FileDescriptor):
@@ -150,7 +198,7 @@ class FlowGate:
             port.detach(self)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IOutput)
 class OutputPort:
     """
     Non-blocking output to a file descriptor.
@@ -298,6 +346,7 @@ class OutputPort:
                 pass
 
 
+@implementer(IOutput)
 class FileOutput:
     """
     The same interface over a file-like object written synchronously (for
@@ -354,6 +403,60 @@ class FileOutput:
         pass
 
 
+@implementer(IOutput)
+class Collector:
+    """
+    An output that keeps everything (for C{--json}); it is never full and
+    never lost.
+    """
+
+    name = "collector"
+    lost = False
+    error = None
+
+    def __init__(self):
+        self.chunks = []
+        self.bytesWritten = 0
+
+    def write(self, data):
+        self.bytesWritten += len(data)
+        self.chunks.append(bytes(data))
+
+    def flush(self):
+        pass
+
+    def getvalue(self):
+        return b"".join(self.chunks)
+
+    def attach(self, gate):
+        pass
+
+    def detach(self, gate):
+        pass
+
+    def whenLost(self, callback):
+        pass
+
+    def close(self):
+        return succeed(None)
+
+    def abort(self):
+        pass
+
+    def restore(self):
+        pass
+
+
+def asOutput(target, name="output"):
+    """
+    C{target} if it is an L{IOutput}, else a L{FileOutput} over it (a
+    binary file-like object written synchronously).
+    """
+    if IOutput.providedBy(target):
+        return target
+    return FileOutput(target, name)
+
+
 class _FD:
     """
     A file-like object over a descriptor that never blocks in the
@@ -388,4 +491,14 @@ def openOutput(reactor, target, name):
     return FileOutput(target, name)
 
 
-__all__ = ["EXIT_PIPE", "FileOutput", "FlowGate", "OutputPort", "isClosedPipe", "openOutput"]
+__all__ = [
+    "EXIT_PIPE",
+    "Collector",
+    "FileOutput",
+    "FlowGate",
+    "IOutput",
+    "OutputPort",
+    "asOutput",
+    "isClosedPipe",
+    "openOutput",
+]
