@@ -16,7 +16,7 @@ import signal
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from prokshy.cli.framed import EXIT_TRUNCATED, prefixed
+from prokshy.cli.format import EXIT_TRUNCATED, prefixed
 from prokshy.cli.main import connectHint
 from tests.hostharness import HostHarness, waitFor
 from tests.test_cli_framed import CLITestMixin, runCLI

@@ -18,12 +18,12 @@ In the C{auto} mode's fallback the exchange also watches for hello lines
 fallback must not have its hello, pings or frames printed.
 """
 
-import base64
-
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
+
+from prokshy.cli.output import FlowGate, asOutput
 
 
 class OutputError(Exception):
@@ -304,7 +304,8 @@ class LegacyExchange(Protocol):
         @type command: L{bytes}
         @param data: the command's input line, without its line end.
         @type data: L{bytes}
-        @param output: a binary file-like object for the reply.
+        @param output: an L{prokshy.cli.output.IOutput}, or a binary
+            file-like object for the reply.
         @param idleTimeout: seconds of silence that end the exchange.
         @type idleTimeout: L{float}
         @param clock: an L{IReactorTime} provider.
@@ -316,7 +317,7 @@ class LegacyExchange(Protocol):
         """
         self.command = command
         self.data = data
-        self.output = output
+        self.output = asOutput(output)
         self.idleTimeout = idleTimeout
         self.clock = clock
         self.done = Deferred()
@@ -336,13 +337,8 @@ class LegacyExchange(Protocol):
     def connectionMade(self):
         self.transport.write(buildRequest(self.command, self.data, self.lead))
         self._timer = self.clock.callLater(self.idleTimeout, self._idle)
-        whenLost = getattr(self.output, "whenLost", None)
-        if whenLost is not None:
-            whenLost(self._outputLost)
-        if getattr(self.output, "attach", None) is not None:
-            from prokshy.cli.output import FlowGate
-
-            self._gate = FlowGate(self).attach(self.output)
+        self._gate = FlowGate(self).attach(self.output)
+        self.output.whenLost(self._outputLost)
 
     def touch(self):
         """
@@ -439,13 +435,8 @@ class LegacyExchange(Protocol):
         if not data:
             return
         self.outputBytes += len(data)
-        try:
-            self.output.write(data)
-            flush = getattr(self.output, "flush", None)
-            if flush is not None:
-                flush()
-        except OSError as e:
-            self._finish(OutputError(e))
+        # An IOutput never raises: a failed write loses it (_outputLost).
+        self.output.write(data)
 
     def _finish(self, error=None):
         """
@@ -484,62 +475,6 @@ class LegacyExchange(Protocol):
             self.done.errback(error)
 
 
-class Collector:
-    """
-    An output that keeps everything (for C{--json}).
-    """
-
-    def __init__(self):
-        self.chunks = []
-
-    def write(self, data):
-        self.chunks.append(bytes(data))
-
-    def flush(self):
-        pass
-
-    def getvalue(self):
-        return b"".join(self.chunks)
-
-
-def textField(data, key, record):
-    """
-    Put C{data} in C{record} as C{key} if it is UTF-8, else as
-    C{key_base64}.
-    """
-    try:
-        record[key] = data.decode("utf-8")
-    except UnicodeDecodeError:
-        record[key + "_base64"] = base64.b64encode(data).decode("ascii")
-
-
-def legacyRecord(command, output):
-    """
-    The C{--json} result of a line-protocol exchange: the keys of a framed
-    result, with what the line protocol tells.  It sends neither an exit
-    status nor stderr, so C{code} and C{signal} are C{null}, C{stderr} is
-    empty and C{status} is the CLI's exit status (0); C{protocol} is
-    C{"line"} (a framed result says C{"framed"}).
-
-    @type command: L{str}
-    @type output: L{bytes}
-    @rtype: L{dict}
-    """
-    record = {
-        "vm": None,
-        "command": command,
-        "protocol": "line",
-        "status": 0,
-        "code": None,
-        "signal": None,
-        "timed_out": False,
-        "truncated": False,
-    }
-    textField(output, "stdout", record)
-    textField(b"", "stderr", record)
-    return record
-
-
 def runLegacy(reactor, endpoint, command, data, output, idleTimeout):
     """
     Connect C{endpoint} and run one L{LegacyExchange} over it.
@@ -549,7 +484,8 @@ def runLegacy(reactor, endpoint, command, data, output, idleTimeout):
         L{UNIXClientEndpoint} for the VM's console socket.
     @type command: L{bytes}
     @type data: L{bytes}
-    @param output: a binary file-like object for the reply.
+    @param output: an L{prokshy.cli.output.IOutput}, or a binary file-like
+        object for the reply.
     @type idleTimeout: L{float}
     @return: a L{Deferred} firing with the exit code, or failing with the
         connection error or L{OutputError}.
@@ -563,7 +499,6 @@ def runLegacy(reactor, endpoint, command, data, output, idleTimeout):
 
 
 __all__ = [
-    "Collector",
     "GARBAGE",
     "HelloFilter",
     "LegacyExchange",
@@ -571,7 +506,5 @@ __all__ = [
     "OutputError",
     "buildRequest",
     "echoForms",
-    "legacyRecord",
     "runLegacy",
-    "textField",
 ]

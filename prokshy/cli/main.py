@@ -28,7 +28,6 @@ L{prokshy.cli.output}): a slow reader holds the remote command back
 through the framed protocol's credit, and keepalives go on meanwhile.
 """
 
-import json
 import os
 import re
 import sys
@@ -39,10 +38,11 @@ from twisted.internet.endpoints import UNIXClientEndpoint, clientFromString
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from prokshy.cli.framed import EXIT_TRUNCATED, AutoChannel, CLIError, FramedRun
-from prokshy.cli.legacy import Collector, OutputError, legacyRecord, runLegacy
+from prokshy.cli.format import EXIT_TRUNCATED, CLIError, jsonLine, legacyRecord, messageLine
+from prokshy.cli.framed import AutoChannel, FramedRun
+from prokshy.cli.legacy import OutputError, runLegacy
 from prokshy.cli.options import parseArgs
-from prokshy.cli.output import EXIT_PIPE, FileOutput, OutputPort, isClosedPipe, openOutput
+from prokshy.cli.output import EXIT_PIPE, Collector, FileOutput, IOutput, isClosedPipe, openOutput
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -85,11 +85,10 @@ def _report(message, stderr=None):
     outputs (bytes, not blocking).
     """
     stderr = sys.stderr if stderr is None else stderr
-    line = f"prokshy: {message}\n"
-    if isinstance(stderr, (OutputPort, FileOutput)):
-        stderr.write(line.encode("utf-8", "replace"))
+    if IOutput.providedBy(stderr):
+        stderr.write(messageLine(message))
         return
-    stderr.write(line)
+    stderr.write(f"prokshy: {message}\n")
     stderr.flush()
 
 
@@ -252,8 +251,7 @@ async def _runLegacy(reactor, options, stdout):
         options.timeout,
     )
     if options.json:
-        record = legacyRecord(options.command, output.getvalue())
-        stdout.write(json.dumps(record, sort_keys=True).encode() + b"\n")
+        stdout.write(jsonLine(legacyRecord(options.command, output.getvalue())))
     return code
 
 
