@@ -26,7 +26,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from prokshy.cli.framed import EXIT_NO_ANSWER, AutoChannel, CLIError
-from prokshy.cli.legacy import GARBAGE, HelloFilter
+from prokshy.cli.hellos import GARBAGE, HelloFilter
 from prokshy.cli.options import parseArgs
 from prokshy.cli.output import FileOutput
 from prokshy.wire.channel import encodeHello, parseHello

@@ -33,8 +33,9 @@ from prokshy.cli.format import (
     seconds,
     withOutput,
 )
+from prokshy.cli.hellos import GARBAGE, HelloFilter
 from prokshy.cli.input import CommandInput
-from prokshy.cli.legacy import GARBAGE, LegacyExchange, OutputError
+from prokshy.cli.legacy import LegacyExchange, OutputError
 from prokshy.cli.output import EXIT_PIPE, Collector, FlowGate
 from prokshy.host.client import HOST_PAYLOAD, HOST_WINDOW, HostProtocol, SessionRefused
 from prokshy.link.session import LinkConfig, SessionEnded
@@ -168,7 +169,7 @@ class AutoChannel(Protocol):
             output = self._collector = Collector()
         self.legacy = LegacyExchange(
             opts.command.encode("ascii"), opts.data, output, opts.timeout, self.reactor,
-            helloSink=self._lateHello, lead=b"\n",
+            helloSink=self._lateHello, lead=b"\n", helloFilter=HelloFilter,
         )
         self.legacy.makeConnection(self.transport)
         self.legacy.done.addCallbacks(self._legacyDone, self._legacyFailed)

@@ -14,10 +14,57 @@ does the same as a Twisted protocol, with two fixes:
 L{runLegacy} connects an endpoint and runs one exchange.
 
 In the C{auto} mode's fallback the exchange also watches for hello lines
-(L{HelloFilter}): a framed agent that answers the CLI's hello after the
-fallback must not have its hello, pings or frames printed.
+(L{prokshy.cli.hellos.HelloFilter}): a framed agent that answers the
+CLI's hello after the fallback must not have its hello, pings or frames
+printed.
+
+The exchange is an Automat state machine.  States: C{waiting} (not
+connected yet), C{reading} (timer: the idle timeout, armed on entering,
+restarted by every chunk received, cancelled on every transition out),
+C{paused} (the output is full: the socket is not read and no idle timeout
+runs, since silence while we do not read means nothing), C{ended} (L{done}
+has fired, or the exchange was abandoned to a late framed answer).  Every
+(state, input) pair is declared; an empty output list is a deliberate
+"nothing to do" (an input that cannot happen in that state, such as the
+idle timeout outside C{reading}, whose timer dies with that state, or one
+that comes after the end).  An output lost in C{ended} is recorded: a write
+of the held bytes at the end that fails makes L{done} fail::
+
+    ended    abandoned    -> ended
+    ended    closed       -> ended
+    ended    idleExpired  -> ended
+    ended    opened       -> ended
+    ended    outputFull   -> ended
+    ended    outputLost   -> ended    _recordError
+    ended    outputRoom   -> ended
+    ended    received     -> ended
+    paused   abandoned    -> ended    _closeGate, _resumeTransport
+    paused   closed       -> ended    _endedClosed, _flushHeld, _closeGate, _resumeTransport, _fireDone
+    paused   idleExpired  -> paused
+    paused   opened       -> paused
+    paused   outputFull   -> paused
+    paused   outputLost   -> ended    _recordError, _closeGate, _resumeTransport, _disconnect, _fireDone
+    paused   outputRoom   -> reading  _resumeTransport, _armIdle
+    paused   received     -> paused   _deliver
+    reading  abandoned    -> ended    _cancelIdle, _closeGate
+    reading  closed       -> ended    _cancelIdle, _endedClosed, _flushHeld, _closeGate, _fireDone
+    reading  idleExpired  -> ended    _cancelIdle, _endedIdle, _flushHeld, _closeGate, _disconnect, _fireDone
+    reading  opened       -> reading
+    reading  outputFull   -> paused   _cancelIdle, _pauseTransport
+    reading  outputLost   -> ended    _cancelIdle, _recordError, _closeGate, _disconnect, _fireDone
+    reading  outputRoom   -> reading
+    reading  received     -> reading  _restartIdle, _deliver
+    waiting  abandoned    -> ended
+    waiting  closed       -> ended    _endedClosed, _fireDone
+    waiting  idleExpired  -> waiting
+    waiting  opened       -> reading  _sendRequest, _armIdle, _attachGate, _watchLoss
+    waiting  outputFull   -> waiting
+    waiting  outputLost   -> waiting
+    waiting  outputRoom   -> waiting
+    waiting  received     -> waiting
 """
 
+from automat import MethodicalMachine
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -122,160 +169,6 @@ class EchoStripper:
         self._held = b""
 
 
-#: What L{HelloFilter.feed} returns for a hello-like line that does not parse.
-GARBAGE = object()
-
-_NOT_HELLO = object()
-
-
-class HelloFilter:
-    """
-    Takes the raw bytes of a line-protocol reply and separates out hello
-    lines (C{LF 0xFF "PROKSHY " ... LF}, with a C{CR} before the LF when a
-    tty echoes them), which are never output.
-
-    Bytes that may be the start of a hello line are held back until the
-    next bytes decide: a proper prefix of C{0xFF "PROKSHY "} after an LF,
-    and, while C{holdLF()} is true, the LF (and a CR before it) at the end
-    of what arrived.  Once output has begun C{holdLF()} is false and a
-    trailing LF is passed on at once; a hello starting right after it is
-    still recognised.  Once its prefix is complete, a hello line is
-    collected while its bytes fit one (printable ASCII or CR, at most
-    2048 bytes in all); a byte that does not fit gives the whole line back
-    as output.
-    """
-
-    def __init__(self, holdLF=lambda: True):
-        from prokshy.wire.channel import HELLO_PREFIX, MAX_HELLO
-
-        self._prefix = HELLO_PREFIX
-        self._maxLine = MAX_HELLO - 2
-        self.holdLF = holdLF
-        self._held = b""
-        self._line = None
-        self._lead = b""
-        self._afterLF = False
-
-    def _match(self, buf, j):
-        """
-        C{"full"} if the hello prefix starts at C{buf[j]}, C{"partial"} if
-        C{buf[j:]} is a proper prefix of it, else C{"no"}.
-        """
-        prefix = self._prefix
-        rest = buf[j:j + len(prefix)]
-        if rest == prefix:
-            return "full"
-        if len(rest) < len(prefix) and prefix.startswith(rest):
-            return "partial"
-        return "no"
-
-    def _collect(self, buf, i):
-        """
-        Add C{buf[i:]} to the hello line being collected.
-
-        @return: C{(index, result)}: C{None} (all taken, the line goes on),
-            L{_NOT_HELLO} (C{buf[index]} does not fit), or the parsed hello
-            (a dict, or L{GARBAGE}) with C{index} just after its LF.
-        """
-        from prokshy.wire.channel import HelloError, parseHello
-
-        line = self._line
-        n = len(buf)
-        while i < n:
-            b = buf[i]
-            if b == 0x0A:
-                try:
-                    hello = parseHello(bytes(line))
-                except HelloError:
-                    hello = GARBAGE
-                return i + 1, hello
-            if len(line) >= self._maxLine or not (0x20 <= b <= 0x7E or b == 0x0D):
-                return i, _NOT_HELLO
-            line.append(b)
-            i += 1
-        return n, None
-
-    def feed(self, data):
-        """
-        Take received bytes.
-
-        @return: C{(output, hello, rest)}: the bytes to pass on now, then
-            either C{None} (everything was taken) or a hello line (a dict,
-            or L{GARBAGE}) followed by C{rest}, the bytes after it, not yet
-            looked at.
-        """
-        out = bytearray()
-        if self._line is not None:
-            i, result = self._collect(data, 0)
-            if result is None:
-                return b"", None, b""
-            if result is not _NOT_HELLO:
-                self._line = None
-                return b"", result, data[i:]
-            out += self._lead + self._line
-            self._line = None
-            self._afterLF = False
-            data = data[i:]
-        buf = self._held + data
-        self._held = b""
-        start = 0
-        pos = 0
-        candidate = self._afterLF
-        self._afterLF = False
-        while True:
-            if candidate:
-                # The LF before buf[0] was passed on already.
-                j, lead = 0, 0
-                candidate = False
-            else:
-                k = buf.find(b"\n", pos)
-                if k < 0:
-                    break
-                j = k + 1
-                lead = 2 if k > start and buf[k - 1] == 0x0D else 1
-            m = self._match(buf, j)
-            if m == "full":
-                out += buf[start:j - lead]
-                self._lead = buf[j - lead:j]
-                self._line = bytearray(self._prefix)
-                i, result = self._collect(buf, j + len(self._prefix))
-                if result is None:
-                    return bytes(out), None, b""
-                if result is _NOT_HELLO:
-                    out += self._lead + self._line
-                    self._line = None
-                    start = pos = i
-                    continue
-                self._line = None
-                return bytes(out), result, buf[i:]
-            if m == "partial":
-                if lead == 0:
-                    out += buf[start:j]
-                    self._held = buf[j:]
-                    self._afterLF = True
-                elif j == len(buf) and not self.holdLF():
-                    out += buf[start:]
-                    self._afterLF = True
-                else:
-                    out += buf[start:j - lead]
-                    self._held = buf[j - lead:]
-                return bytes(out), None, b""
-            pos = j
-        out += buf[start:]
-        if out.endswith(b"\n"):
-            self._afterLF = True
-        return bytes(out), None, b""
-
-    def flush(self):
-        """
-        The reply ended: the bytes held back.  An unfinished hello line is
-        dropped.
-        """
-        held, self._held = self._held, b""
-        self._line = None
-        return held
-
-
 @implementer(IPushProducer)
 class LegacyExchange(Protocol):
     """
@@ -298,7 +191,10 @@ class LegacyExchange(Protocol):
     @ivar endedBy: C{"idle"} or C{"closed"} once the exchange is over.
     """
 
-    def __init__(self, command, data, output, idleTimeout, clock, helloSink=None, lead=b""):
+    _machine = MethodicalMachine()
+
+    def __init__(self, command, data, output, idleTimeout, clock, helloSink=None, lead=b"",
+                 helloFilter=None):
         """
         @param command: the command name.
         @type command: L{bytes}
@@ -309,11 +205,13 @@ class LegacyExchange(Protocol):
         @param idleTimeout: seconds of silence that end the exchange.
         @type idleTimeout: L{float}
         @param clock: an L{IReactorTime} provider.
-        @param helloSink: if given, hello lines in the reply are not output
-            (see L{HelloFilter}) but passed to C{helloSink(hello, rest)};
-            when it returns true it has taken over the connection and
-            C{rest}, and the exchange stops.
+        @param helloSink: with C{helloFilter}: hello lines in the reply are
+            not output but passed to C{helloSink(hello, rest)}; when it
+            returns true it has taken over the connection and C{rest}, and
+            the exchange stops.
         @param lead: bytes sent before the request (see L{buildRequest}).
+        @param helloFilter: builds the hello line filter from C{holdLF}
+            (L{prokshy.cli.hellos.HelloFilter}).
         """
         self.command = command
         self.data = data
@@ -322,157 +220,231 @@ class LegacyExchange(Protocol):
         self.clock = clock
         self.done = Deferred()
         self.lead = lead
-        self._stripper = EchoStripper(echoForms(command, data, lead))
-        self._timer = None
-        self._finished = False
-        self._paused = False
-        self._gate = None
         self.outputBytes = 0
         self.endedBy = None
         self.helloSink = helloSink
+        self._stripper = EchoStripper(echoForms(command, data, lead))
         self._filter = None
         if helloSink is not None:
-            self._filter = HelloFilter(lambda: self.outputBytes == 0)
+            self._filter = helloFilter(lambda: self.outputBytes == 0)
+        #: The reading state's idle timer.
+        self._idleCall = None
+        self._gate = None
+        self._error = None
+
+    # -- the protocol and producer interfaces ---------------------------------
 
     def connectionMade(self):
-        self.transport.write(buildRequest(self.command, self.data, self.lead))
-        self._timer = self.clock.callLater(self.idleTimeout, self._idle)
-        self._gate = FlowGate(self).attach(self.output)
-        self.output.whenLost(self._outputLost)
-
-    def touch(self):
-        """
-        Bytes arrived (even ones that are not output): restart the idle
-        timeout.
-        """
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self.idleTimeout)
+        self.opened()
 
     def dataReceived(self, data):
-        if self._finished:
-            return
-        self.touch()
-        if self._filter is None:
-            self._emit(self._stripper.feed(data))
-            return
-        while not self._finished:
-            out, hello, data = self._filter.feed(data)
-            if out:
-                self._emit(self._stripper.feed(out))
-                if self._finished:
-                    return
-            if hello is None:
-                return
-            if self.helloSink(hello, data):
-                return
-            if not data:
-                return
+        self.received(data)
 
     def connectionLost(self, reason):
-        if self.endedBy is None:
-            self.endedBy = "closed"
-        self._finish()
-
-    def _idle(self):
-        """
-        The guest has been silent for C{idleTimeout} seconds: the reply is
-        taken to be complete.
-        """
-        self._timer = None
-        if self.endedBy is None:
-            self.endedBy = "idle"
-        self.transport.loseConnection()
-        self._finish()
-
-    # -- flow control from the output ---------------------------------------
+        self.closed(reason)
 
     def pauseProducing(self):
-        """
-        The output is full: stop reading the socket, and stop the idle
-        timeout (silence while we do not read means nothing).
-        """
-        if self._finished or self._paused:
-            return
-        self._paused = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self.transport.pauseProducing()
+        self.outputFull()
 
     def resumeProducing(self):
-        if self._finished or not self._paused:
-            return
-        self._paused = False
-        self.transport.resumeProducing()
-        if not self._finished:
-            self._timer = self.clock.callLater(self.idleTimeout, self._idle)
+        self.outputRoom()
 
     def stopProducing(self):
         pass
-
-    def _outputLost(self, error):
-        self._finish(OutputError(error))
 
     def abandon(self):
         """
         Stop without an outcome: the connection is someone else's now (a
         late framed answer).  L{done} never fires.
         """
-        self._finished = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.abandoned()
+
+    # -- states -----------------------------------------------------------
+
+    @_machine.state(initial=True)
+    def waiting(self):
+        "Not connected yet."
+
+    @_machine.state()
+    def reading(self):
+        "The request is sent; the reply is read.  Timer: the idle timeout."
+
+    @_machine.state()
+    def paused(self):
+        "The output is full: the socket is not read, no idle timeout runs."
+
+    @_machine.state()
+    def ended(self):
+        "Done (L{done} has fired), or abandoned."
+
+    # -- inputs -----------------------------------------------------------
+
+    @_machine.input()
+    def opened(self):
+        "connectionMade."
+
+    @_machine.input()
+    def received(self, data):
+        "Bytes from the connection."
+
+    @_machine.input()
+    def idleExpired(self):
+        "idleTimeout seconds without a byte, while reading."
+
+    @_machine.input()
+    def outputFull(self):
+        "The output cannot take more for now (pauseProducing)."
+
+    @_machine.input()
+    def outputRoom(self):
+        "The output can take more again (resumeProducing)."
+
+    @_machine.input()
+    def outputLost(self, error):
+        "The output stopped taking data (a write failed, its reader went away)."
+
+    @_machine.input()
+    def closed(self, reason):
+        "connectionLost."
+
+    @_machine.input()
+    def abandoned(self):
+        "abandon(): a late framed answer took the connection over."
+
+    # -- outputs ----------------------------------------------------------
+
+    @_machine.output()
+    def _sendRequest(self):
+        self.transport.write(buildRequest(self.command, self.data, self.lead))
+
+    @_machine.output()
+    def _armIdle(self):
+        self._idleCall = self.clock.callLater(self.idleTimeout, self.idleExpired)
+
+    @_machine.output()
+    def _restartIdle(self):
+        # Bytes arrived, even ones that are not output.
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.reset(self.idleTimeout)
+
+    @_machine.output()
+    def _cancelIdle(self):
+        call, self._idleCall = self._idleCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    @_machine.output()
+    def _attachGate(self):
+        self._gate = FlowGate(self).attach(self.output)
+
+    @_machine.output()
+    def _watchLoss(self):
+        self.output.whenLost(self.outputLost)
+
+    @_machine.output()
+    def _closeGate(self):
         if self._gate is not None:
             self._gate.close()
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
 
-    def _emit(self, data):
-        """
-        Write C{data} to the output; a failure ends the exchange.
-        """
-        if not data:
-            return
-        self.outputBytes += len(data)
-        # An IOutput never raises: a failed write loses it (_outputLost).
-        self.output.write(data)
+    @_machine.output()
+    def _pauseTransport(self):
+        self.transport.pauseProducing()
 
-    def _finish(self, error=None):
-        """
-        End the exchange once: flush what the echo stripper held, stop the
-        timer, drop the connection and fire L{done}.
-        """
-        if self._finished:
+    @_machine.output()
+    def _resumeTransport(self):
+        self.transport.resumeProducing()
+
+    @_machine.output()
+    def _deliver(self, data):
+        if self._filter is None:
+            self._emit(self._stripper.feed(data))
             return
-        if error is None and self._filter is not None:
-            held = self._filter.flush()
-            if held:
-                self._emit(self._stripper.feed(held))
-                if self._finished:
+        while True:
+            out, hello, data = self._filter.feed(data)
+            if out:
+                self._emit(self._stripper.feed(out))
+                if self.output.lost:
                     return
-        if error is None:
-            held = self._stripper.flush()
-            if held:
-                self._emit(held)
-                if self._finished:
-                    # Writing the held bytes failed and finished us.
-                    return
-        self._finished = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._gate is not None:
-            self._gate.close()
-        if self.transport is not None:
-            if self._paused:
-                self._paused = False
-                self.transport.resumeProducing()
-            self.transport.loseConnection()
-        if error is None:
+            if hello is None or self.helloSink(hello, data) or not data:
+                return
+
+    @_machine.output()
+    def _endedIdle(self):
+        self.endedBy = "idle"
+
+    @_machine.output()
+    def _endedClosed(self):
+        self.endedBy = "closed"
+
+    @_machine.output()
+    def _flushHeld(self):
+        # What the hello filter and the echo stripper held back is output
+        # now (an unfinished hello line is dropped).
+        if self._filter is not None:
+            self._emit(self._stripper.feed(self._filter.flush()))
+        self._emit(self._stripper.flush())
+
+    @_machine.output()
+    def _disconnect(self):
+        self.transport.loseConnection()
+
+    @_machine.output()
+    def _recordError(self, error):
+        if self._error is None:
+            self._error = OutputError(error)
+
+    @_machine.output()
+    def _fireDone(self):
+        if self._error is None:
             self.done.callback(0)
         else:
-            self.done.errback(error)
+            self.done.errback(self._error)
+
+    def _emit(self, data):
+        if data:
+            self.outputBytes += len(data)
+            self.output.write(data)
+
+    # -- the table --------------------------------------------------------
+
+    waiting.upon(opened, enter=reading, outputs=[_sendRequest, _armIdle, _attachGate, _watchLoss])
+    waiting.upon(received, enter=waiting, outputs=[])
+    waiting.upon(idleExpired, enter=waiting, outputs=[])
+    waiting.upon(outputFull, enter=waiting, outputs=[])
+    waiting.upon(outputRoom, enter=waiting, outputs=[])
+    waiting.upon(outputLost, enter=waiting, outputs=[])
+    waiting.upon(closed, enter=ended, outputs=[_endedClosed, _fireDone])
+    waiting.upon(abandoned, enter=ended, outputs=[])
+
+    reading.upon(opened, enter=reading, outputs=[])
+    reading.upon(received, enter=reading, outputs=[_restartIdle, _deliver])
+    reading.upon(idleExpired, enter=ended,
+                 outputs=[_cancelIdle, _endedIdle, _flushHeld, _closeGate, _disconnect, _fireDone])
+    reading.upon(outputFull, enter=paused, outputs=[_cancelIdle, _pauseTransport])
+    reading.upon(outputRoom, enter=reading, outputs=[])
+    reading.upon(outputLost, enter=ended,
+                 outputs=[_cancelIdle, _recordError, _closeGate, _disconnect, _fireDone])
+    reading.upon(closed, enter=ended, outputs=[_cancelIdle, _endedClosed, _flushHeld, _closeGate, _fireDone])
+    reading.upon(abandoned, enter=ended, outputs=[_cancelIdle, _closeGate])
+
+    paused.upon(opened, enter=paused, outputs=[])
+    paused.upon(received, enter=paused, outputs=[_deliver])
+    paused.upon(idleExpired, enter=paused, outputs=[])
+    paused.upon(outputFull, enter=paused, outputs=[])
+    paused.upon(outputRoom, enter=reading, outputs=[_resumeTransport, _armIdle])
+    paused.upon(outputLost, enter=ended,
+                outputs=[_recordError, _closeGate, _resumeTransport, _disconnect, _fireDone])
+    paused.upon(closed, enter=ended, outputs=[_endedClosed, _flushHeld, _closeGate, _resumeTransport, _fireDone])
+    paused.upon(abandoned, enter=ended, outputs=[_closeGate, _resumeTransport])
+
+    ended.upon(opened, enter=ended, outputs=[])
+    ended.upon(received, enter=ended, outputs=[])
+    ended.upon(idleExpired, enter=ended, outputs=[])
+    ended.upon(outputFull, enter=ended, outputs=[])
+    ended.upon(outputRoom, enter=ended, outputs=[])
+    ended.upon(outputLost, enter=ended, outputs=[_recordError])
+    ended.upon(closed, enter=ended, outputs=[])
+    ended.upon(abandoned, enter=ended, outputs=[])
 
 
 def runLegacy(reactor, endpoint, command, data, output, idleTimeout):
@@ -498,11 +470,10 @@ def runLegacy(reactor, endpoint, command, data, output, idleTimeout):
     return connecting.addCallback(lambda protocol: protocol.done)
 
 
+
 __all__ = [
-    "GARBAGE",
-    "HelloFilter",
-    "LegacyExchange",
     "EchoStripper",
+    "LegacyExchange",
     "OutputError",
     "buildRequest",
     "echoForms",
