@@ -25,7 +25,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from prokshy.cli.framed import EXIT_NO_ANSWER, AutoChannel, CLIError
+from prokshy.cli.fallback import AutoChannel
+from prokshy.cli.format import EXIT_NO_ANSWER, CLIError
 from prokshy.cli.hellos import GARBAGE, HelloFilter
 from prokshy.cli.options import parseArgs
 from prokshy.cli.output import FileOutput

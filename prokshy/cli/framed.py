@@ -1,263 +1,32 @@
 # -*- test-case-name: tests.test_cli_framed -*-
 """
-The CLI's framed mode: say a hello, and either run over the framed protocol
-or, when no framed hello answers in time (the original shell agent), fall
-back to the legacy exchange on the same connection.
-
-The run's input is L{prokshy.cli.input}'s, what it prints
-L{prokshy.cli.format}'s.
+The CLI's framed run: once a framed session is up (L{prokshy.cli.fallback}
+decided it), run what the options ask for over it: C{--status}, C{--info},
+or the command on one VM or several, with its input (L{prokshy.cli.input})
+and its output printed (L{prokshy.cli.format}).
 """
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from prokshy.cli.format import (
-    EXIT_NO_ANSWER,
     EXIT_TRANSPORT,
     EXIT_USAGE,
     CLIError,
     Labeller,
-    closedMessage,
     exitFor,
     finishRecord,
     formatStatus,
     framedRecord,
     jsonLine,
-    lateAfterOutputMessage,
-    legacyRecord,
     messageLine,
-    noAnswerMessage,
     prefixed,
     resultStatus,
-    seconds,
     withOutput,
 )
-from prokshy.cli.hellos import GARBAGE, HelloFilter
 from prokshy.cli.input import CommandInput
-from prokshy.cli.legacy import LegacyExchange, OutputError
-from prokshy.cli.output import EXIT_PIPE, Collector, FlowGate
-from prokshy.host.client import HOST_PAYLOAD, HOST_WINDOW, HostProtocol, SessionRefused
-from prokshy.link.session import LinkConfig, SessionEnded
-
-#: How long to wait for a framed agent that answered late to answer again.
-LATE_SESSION_WAIT = 5.0
-
-
-class AutoChannel(Protocol):
-    """
-    Says a framed hello; in C{auto} mode falls back to the legacy exchange
-    when no answer comes within C{fallbackAfter} seconds.
-
-    After the fallback, hello lines in the reply are never output.  A valid
-    guest hello that arrives then (a framed agent that answered late) makes
-    the channel start a new framed session on the same connection, as long
-    as no line-protocol output was written yet; after output it is a clear
-    failure.
-
-    @ivar decided: fires with C{("framed", HostProtocol)} once a framed
-        session is up, or C{("legacy", code)} once a line-protocol exchange
-        with an answer is over; fails with L{CLIError} (or
-        L{prokshy.cli.legacy.OutputError}).
-    """
-
-    def __init__(self, reactor, options, output, target=None):
-        self.reactor = reactor
-        self.options = options
-        self.output = output
-        self.target = target
-        self.host = self._newHost()
-        self.legacy = None
-        self.decided = Deferred()
-        self.closed = Deferred()
-        self._timer = None
-        self._lostReason = None
-        self._nonce = None
-        self._collector = None
-
-    def _newHost(self):
-        config = LinkConfig(window=HOST_WINDOW, maxPayload=HOST_PAYLOAD, auth=self.options.token)
-        return HostProtocol(self.reactor, config)
-
-    def _startHost(self):
-        host = self.host
-        host.makeConnection(self.transport)
-        host.whenSession().addCallbacks(
-            lambda session: self._framed(host), lambda failure: self._failed(failure, host)
-        )
-
-    def connectionMade(self):
-        self._startHost()
-        wait = self.options.fallback_after
-        if self.options.protocol == "auto" and self.options.connect is None:
-            self._timer = self.reactor.callLater(wait, self._fallback)
-        else:
-            self._timer = self.reactor.callLater(wait, self._noAnswer, wait)
-
-    def _cancelTimer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _decide(self, result):
-        self._cancelTimer()
-        if self.decided.called:
-            return
-        if isinstance(result, Exception):
-            self.decided.errback(result)
-        else:
-            self.decided.callback(result)
-
-    def _fail(self, error):
-        """
-        Give up on the connection with C{error}.
-        """
-        if self.legacy is not None:
-            self.legacy.abandon()
-        if self.host.link is not None:
-            self.host.link.stop("giving up")
-        self.transport.loseConnection()
-        self._decide(error)
-
-    def _framed(self, host):
-        if host is self.host:
-            self._decide(("framed", host))
-
-    def _failed(self, failure, host):
-        if host is not self.host or self.decided.called:
-            return
-        if failure.check(SessionRefused):
-            self._decide(CLIError("refused: %s" % (failure.value,), EXIT_TRANSPORT))
-        elif failure.check(SessionEnded):
-            self._decide(CLIError(self._closedMessage(), EXIT_TRANSPORT))
-        else:
-            self._cancelTimer()
-            self.decided.errback(failure)
-
-    def _noAnswer(self, wait):
-        self._timer = None
-        if not self.decided.called:
-            self._fail(CLIError("no framed hello answer within %s" % (seconds(wait),), EXIT_TRANSPORT))
-
-    def _fallback(self):
-        self._timer = None
-        if self.decided.called:
-            return
-        opts = self.options
-        wait = seconds(opts.fallback_after)
-        need = None
-        if opts.status or opts.info:
-            need = "--status and --info need a prokshy agent"
-        elif opts.stdin:
-            need = "--stdin needs the framed protocol"
-        elif opts.vm or opts.all_vms:
-            need = "--vm and --all-vms need a prokshy-host daemon"
-        if need is not None:
-            self._fail(CLIError("no framed hello answer within %s: %s" % (wait, need), EXIT_TRANSPORT))
-            return
-        # Everything received so far was echo of our hellos; the line
-        # protocol starts clean after them (each hello line ends with LF).
-        # The request goes after an empty line: a prokshy agent that
-        # answered our hello too late to be heard is in framed mode by now,
-        # and takes a chunk that starts with a command line for a new line
-        # client; one that starts with LF it ignores, so the command runs
-        # once, over the framed session started below (L{_lateHello}).
-        self._nonce = getattr(self.host.link, "_nonce", None)
-        self.host.link.stop("falling back to the line protocol")
-        output = self.output
-        if opts.json:
-            output = self._collector = Collector()
-        self.legacy = LegacyExchange(
-            opts.command.encode("ascii"), opts.data, output, opts.timeout, self.reactor,
-            helloSink=self._lateHello, lead=b"\n", helloFilter=HelloFilter,
-        )
-        self.legacy.makeConnection(self.transport)
-        self.legacy.done.addCallbacks(self._legacyDone, self._legacyFailed)
-
-    def _lateHello(self, hello, rest):
-        """
-        A hello line in the line-protocol reply.
-
-        @return: whether the exchange must stop (a new framed session, or a
-            failure, took over the connection).
-        """
-        if hello is GARBAGE or hello.get("role") != "guest" or not isinstance(hello.get("nonce"), str):
-            # our own hello echoed by a tty, or noise: dropped
-            return False
-        if "error" in hello:
-            if hello.get("peer") != self._nonce:
-                return False
-            self._fail(CLIError("refused: %s" % (str(hello["error"])[:200],), EXIT_TRANSPORT))
-            return True
-        legacy = self.legacy
-        if legacy.outputBytes:
-            self._fail(CLIError(lateAfterOutputMessage(legacy.outputBytes), EXIT_TRANSPORT))
-            return True
-        # A framed agent that answered late: start a new session (a new
-        # hello nonce makes the agent end the one it started for the old
-        # hello) and run over it.
-        legacy.abandon()
-        self.legacy = None
-        self._collector = None
-        self.host = self._newHost()
-        self._startHost()
-        wait = max(LATE_SESSION_WAIT, self.options.fallback_after)
-        self._timer = self.reactor.callLater(wait, self._noAnswer, wait)
-        if rest:
-            self.host.dataReceived(rest)
-        return True
-
-    def _legacyDone(self, code):
-        legacy = self.legacy
-        if legacy is None or self.decided.called:
-            return
-        if not legacy.outputBytes:
-            self._decide(CLIError(self._noAnswerMessage(legacy), EXIT_NO_ANSWER))
-            return
-        if self._collector is not None:
-            self.output.write(jsonLine(legacyRecord(self.options.command, self._collector.getvalue())))
-        self._decide(("legacy", code))
-
-    def _legacyFailed(self, failure):
-        if not self.decided.called:
-            self._decide(failure.value)
-
-    def _noAnswerMessage(self, legacy):
-        return noAnswerMessage(self.options, self.target, legacy.endedBy)
-
-    def dataReceived(self, data):
-        if self.legacy is not None:
-            self.legacy.dataReceived(data)
-        else:
-            self.host.dataReceived(data)
-
-    def close(self, timeout=2.0):
-        """
-        Close the connection after what was written has been sent.
-
-        @return: a Deferred firing once it is closed (at most C{timeout}
-            seconds later).
-        """
-        if not self.closed.called:
-            self.transport.loseConnection()
-            call = self.reactor.callLater(timeout, self.transport.abortConnection)
-            self.closed.addBoth(lambda r: call.cancel() if call.active() else None)
-        return self.closed
-
-    def connectionLost(self, reason):
-        self._lostReason = reason
-        self._cancelTimer()
-        if not self.closed.called:
-            self.closed.callback(None)
-        if self.legacy is not None:
-            self.legacy.connectionLost(reason)
-        else:
-            self.host.connectionLost(reason)
-        if not self.decided.called:
-            self._decide(CLIError(self._closedMessage(), EXIT_TRANSPORT))
-
-    def _closedMessage(self):
-        return closedMessage(self._lostReason)
+from prokshy.cli.legacy import OutputError
+from prokshy.cli.output import EXIT_PIPE, FlowGate
 
 
 class FramedRun:
@@ -469,4 +238,4 @@ class FramedRun:
         return channel.close(timeout=1.0)
 
 
-__all__ = ["AutoChannel", "CLIError", "EXIT_NO_ANSWER", "FramedRun"]
+__all__ = ["FramedRun"]

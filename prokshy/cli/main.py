@@ -38,8 +38,9 @@ from twisted.internet.endpoints import UNIXClientEndpoint, clientFromString
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from prokshy.cli.fallback import AutoChannel
 from prokshy.cli.format import EXIT_TRUNCATED, CLIError, jsonLine, legacyRecord, messageLine
-from prokshy.cli.framed import AutoChannel, FramedRun
+from prokshy.cli.framed import FramedRun
 from prokshy.cli.legacy import OutputError, runLegacy
 from prokshy.cli.options import parseArgs
 from prokshy.cli.output import EXIT_PIPE, Collector, FileOutput, IOutput, isClosedPipe, openOutput
