@@ -33,6 +33,8 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from prokshy.guest._process import IProcessGroup
+
 __all__ = [
     "FakeProcessTransport",
     "LogCapture",
@@ -48,7 +50,7 @@ __all__ = [
 _fakePids = itertools.count(1 << 30)
 
 
-@implementer(IProcessTransport)
+@implementer(IProcessTransport, IProcessGroup)
 class FakeProcessTransport:
     """
     The parent's side of a fake child process.

@@ -16,14 +16,18 @@ import tempfile
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
+from zope.interface import implementer_only
+from zope.interface.verify import verifyObject
 
-from prokshy.guest._process import ProcessGroupProcess, spawnWithReactor
+from prokshy.guest._process import IProcessTree, ProcessGroupProcess, spawnWithReactor
 from prokshy.execs.refusals import CommandRefused
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.commands import CommandDirectory
-from prokshy.guest.runner import COMMAND_ENVIRONMENT, CommandRunner
+from prokshy import _machines
+from prokshy.guest.runner import COMMAND_ENVIRONMENT, CommandRunner, Execution
 
 from .fakes import (
     PY,
@@ -600,11 +604,12 @@ class FakeRunnerTests(unittest.TestCase):
 
     def test_signalWithoutGroupSupport(self):
         """
-        A transport without C{signalGroup} gets C{signalProcess}; a process
-        that is already gone is not an error.
+        A transport that is not an L{IProcessGroup} gets C{signalProcess}; a
+        process that is already gone is not an error.
         """
         execution, child = self.start()
-        child.__class__ = type("NoGroup", (type(child),), {"signalGroup": None})
+        noGroup = type("NoGroup", (type(child),), {"signalGroup": None})
+        child.__class__ = implementer_only(IProcessTransport)(noGroup)
         self.assertTrue(execution.signal("TERM"))
         self.assertEqual(child.signals, [("process", signal.SIGTERM)])
 
@@ -658,6 +663,119 @@ class FakeRunnerTests(unittest.TestCase):
         self.assertNoResult(d)
         childB.end(0)
         self.assertEqual(len(self.successResultOf(d)), 2)
+
+
+class ExecutionMachineTests(unittest.TestCase):
+    """
+    L{Execution} is an Automat machine: every (state, input) pair declared,
+    the table in the module docstring, each timer owned by one state.
+    """
+
+    def setUp(self):
+        self.path = makeCommandDir({"cmd": SH})
+        self.reactor = MemoryProcessReactor()
+        self.runner = CommandRunner(
+            self.reactor, self.path, timeout=10, killGrace=2, spawn=spawnWithReactor
+        )
+        self.sink = RecordingSink()
+
+    def start(self):
+        execution = self.runner.start("cmd", self.sink)
+        self.results = []
+        execution.done.addCallback(self.results.append)
+        return execution, self.reactor.processes[-1]
+
+    def timers(self):
+        """
+        When the pending timers fire, relative to now.
+        """
+        now = self.reactor.seconds()
+        return sorted(call.getTime() - now for call in self.reactor.getDelayedCalls())
+
+    def test_everyPairDeclared(self):
+        self.assertEqual(_machines.undeclared(Execution._machine), set())
+
+    def test_states(self):
+        self.assertEqual(
+            _machines.states(Execution._machine),
+            ["closing", "done", "draining", "exited", "killed", "running", "starting", "terminating"],
+        )
+
+    def test_tableInDocstring(self):
+        import prokshy.guest.runner
+
+        self.assertIn(_machines.table(Execution._machine), prokshy.guest.runner.__doc__)
+
+    def test_timersFollowStates(self):
+        """
+        running: the timeout; terminating: the kill grace; killed: none;
+        draining: the wait for the pipes; exited (paused): none; closing:
+        the fallback; done: none.
+        """
+        execution, child = self.start()
+        self.assertEqual(self.timers(), [10])
+        self.reactor.advance(4)
+        execution.cancel()
+        self.assertEqual(self.timers(), [2])
+        self.reactor.advance(2)
+        self.assertEqual(child.signals, [("group", signal.SIGTERM), ("group", signal.SIGKILL)])
+        self.assertEqual(self.timers(), [])
+        child.loseConnection = lambda: None
+        child.exit(None, signal.SIGKILL)
+        self.assertEqual(self.timers(), [2])
+        self.reactor.advance(1)
+        execution.pauseProducing()
+        self.assertEqual(self.timers(), [])
+        self.reactor.advance(50)
+        execution.resumeProducing()
+        self.assertEqual(self.timers(), [2])
+        self.reactor.advance(2)
+        self.assertEqual(self.timers(), [2])
+        self.assertEqual(self.results, [])
+        self.reactor.advance(2)
+        self.assertEqual(self.results, [ExitStatus(None, signal.SIGKILL)])
+        self.assertEqual(self.timers(), [])
+
+    def test_exitWhileTerminatingEndsTheGrace(self):
+        """
+        TERM, then the command exits while a grandchild holds its pipes:
+        the kill-grace timer dies with the terminating state, and the wait
+        for the pipes alone bounds the rest (KILL and close at its end).
+        """
+        execution, child = self.start()
+        execution.cancel()
+        self.reactor.advance(1)
+        child.exit(None, signal.SIGTERM)
+        self.assertEqual(self.timers(), [2])
+        self.reactor.advance(1.9)
+        self.assertEqual(child.signals, [("group", signal.SIGTERM)])
+        self.reactor.advance(0.1)
+        self.assertEqual(child.signals, [("group", signal.SIGTERM), ("group", signal.SIGKILL)])
+        self.assertEqual(child.closedByParent, {0, 1, 2})
+        self.assertEqual(self.results, [ExitStatus(None, signal.SIGTERM)])
+        self.assertEqual(self.timers(), [])
+
+    def test_cancelAfterExit(self):
+        """
+        A cancel after the command exited TERMs what holds its pipes; the
+        end sends the KILL for stragglers.
+        """
+        execution, child = self.start()
+        child.exit(0)
+        execution.cancel()
+        self.assertEqual(child.signals, [("group", signal.SIGTERM)])
+        self.assertEqual(self.timers(), [2])
+        child.closePipes()
+        self.assertEqual(child.signals, [("group", signal.SIGTERM), ("group", signal.SIGKILL)])
+        self.assertEqual(self.results, [ExitStatus(0, None)])
+
+    def test_interfaces(self):
+        from zope.interface.verify import verifyObject
+
+        from prokshy.execs.interfaces import IExecution
+
+        execution, child = self.start()
+        self.assertTrue(verifyObject(IExecution, execution))
 
 
 class RealProcessTests(unittest.TestCase):
@@ -787,7 +905,7 @@ class RealProcessTests(unittest.TestCase):
 
     def lastProcess(self):
         # The execution keeps its transport privately; tests may look.
-        return max(self.runner.running, key=lambda e: e._startedAt)._transport
+        return max(self.runner.running, key=lambda e: e._startedAt).transport
 
     def test_signalDispositionSpawn(self):
         return self._signalDispositionTest("posix_spawn")
@@ -799,7 +917,8 @@ class RealProcessTests(unittest.TestCase):
     def _processGroupTest(self, method):
         addScript(self.path, "sleeper", SH + "echo started\nexec sleep 30\n")
         execution, sink = self.startWith(method, "sleeper")
-        self.assertIsInstance(execution._transport, ProcessGroupProcess)
+        self.assertIsInstance(execution.transport, ProcessGroupProcess)
+        self.assertTrue(verifyObject(IProcessTree, execution.transport))
         self.assertEqual(os.getpgid(execution.pid), execution.pid)
         self.assertNotEqual(os.getpgid(execution.pid), os.getpgrp())
         execution.cancel()

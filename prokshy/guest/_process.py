@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional
 from twisted.internet import process as _twistedProcess
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
 from twisted.logger import Logger
+from zope.interface import Attribute, implementer
 
 from prokshy.guest import reaper
 
@@ -46,6 +47,37 @@ _log = Logger()
 STDIO_CHILD_FDS: Dict[int, str] = {0: "w", 1: "r", 2: "r"}
 
 
+class IProcessGroup(IProcessTransport):
+    """
+    A process transport whose child leads its own process group.
+    """
+
+    def signalGroup(signalNumber):
+        """
+        Send a signal to the child's whole process group.
+
+        @return: C{True} if it was sent, C{False} if the group is gone.
+        """
+
+
+class IProcessTree(IProcessGroup):
+    """
+    A process group whose descendants that left it are found too.
+    """
+
+    pgid = Attribute("The child's process group id (kept after the child is reaped), or None.")
+    startTime = Attribute("When the child started, in seconds since boot, or None.")
+    pipeInodes = Attribute("(device, inode) of the child's stdio pipes (Linux), or ().")
+
+    def signalTree(signalNumber):
+        """
+        Send a signal to the group and to every descendant that left it.
+
+        @return: C{True} if anything was signalled.
+        """
+
+
+@implementer(IProcessTree)
 class ProcessGroupProcess(_twistedProcess.Process):
     """
     A L{twisted.internet.process.Process} whose child leads its own process
@@ -261,7 +293,7 @@ def spawnProcessGroup(
     reactor providing C{IReactorProcess} (the process uses its
     C{addReader}/C{addWriter}).
 
-    @return: a L{ProcessGroupProcess}, which has C{signalGroup}.
+    @return: a L{ProcessGroupProcess}, an L{IProcessTree}.
     """
     return ProcessGroupProcess(
         reactor,
@@ -286,8 +318,8 @@ def spawnWithReactor(
     Spawn through C{reactor.spawnProcess}.
 
     Use it with a fake process reactor in tests.  With a real reactor the
-    child shares the agent's process group: if the transport has no
-    C{signalGroup}, only the child itself can be signalled.
+    child shares the agent's process group: unless the transport is an
+    L{IProcessGroup}, only the child itself can be signalled.
     """
     return reactor.spawnProcess(
         protocol,
