@@ -1,6 +1,6 @@
 """
-Tests for L{prokshy.guest.commands}, L{prokshy.guest.runner} and
-L{prokshy.guest._process}.
+Tests for L{prokshy.guest.commands}, L{prokshy.guest.runner},
+L{prokshy.guest.execution} and L{prokshy.guest._process}.
 
 Validation and the execution state machine use a temporary command
 directory and L{MemoryProcessReactor}; the integration tests at the end run
@@ -27,7 +27,8 @@ from prokshy.execs.refusals import CommandRefused
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.commands import CommandDirectory
 from prokshy import _machines
-from prokshy.guest.runner import COMMAND_ENVIRONMENT, CommandRunner, Execution
+from prokshy.guest.execution import Execution
+from prokshy.guest.runner import COMMAND_ENVIRONMENT, CommandRunner
 
 from .fakes import (
     PY,
@@ -702,9 +703,9 @@ class ExecutionMachineTests(unittest.TestCase):
         )
 
     def test_tableInDocstring(self):
-        import prokshy.guest.runner
+        import prokshy.guest.execution
 
-        self.assertIn(_machines.table(Execution._machine), prokshy.guest.runner.__doc__)
+        self.assertIn(_machines.table(Execution._machine), prokshy.guest.execution.__doc__)
 
     def test_timersFollowStates(self):
         """

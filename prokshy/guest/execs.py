@@ -35,7 +35,7 @@ from prokshy.lines.loglimit import LogLimiter
 from prokshy.guest.reaper import systemUptime
 from prokshy.execs.refusals import CommandRefused
 from prokshy.execs.status import ExitStatus
-from prokshy.guest.runner import _signalNumber
+from prokshy.guest.execution import signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
 from prokshy.streams.stream import StreamRefused
 from prokshy.wire import frames
@@ -200,7 +200,7 @@ class ExecStreamProtocol(Protocol):
         running); any other is delivered when it starts.
         """
         try:
-            number = _signalNumber(sig)
+            number = signalNumber(sig)
         except (ValueError, KeyError):
             self.log.info("ignored unknown signal {sig!r}", sig=sig)
             return
