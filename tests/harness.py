@@ -37,8 +37,9 @@ and L{groupMembers} look for a command's live processes (zombies do not
 count), L{rssBytes} reads a process's resident memory and L{bytesWritten}
 what it has written (C{/proc}, Linux).
 
-Agent options: L{DEFAULT_AGENT_ARGS} (a short kill grace) come before the
-test's own, so a test can override them; pass e.g. C{--ping-interval 0.2
+Agent options: C{--run-dir} inside the rig's directory and
+L{DEFAULT_AGENT_ARGS} (a short kill grace) come before the test's own, so
+a test can override them; pass e.g. C{--ping-interval 0.2
 --dead-after 1.5} where liveness matters.
 """
 
@@ -451,6 +452,9 @@ class Rig:
         self.socketPath = os.path.join(self.dir, "s")
         self.devicePath = os.path.join(self.dir, "dev")
         self.commandDir = os.path.join(self.dir, "command.d")
+        #: The agents' --run-dir (their record of running commands): inside
+        #: the rig's directory, so that tests leave nothing outside it.
+        self.runDir = os.path.join(self.dir, "run")
         os.mkdir(self.commandDir)
         os.chmod(self.commandDir, 0o755)
         for name, body in (STANDARD_COMMANDS if commands is None else commands).items():
@@ -486,7 +490,7 @@ class Rig:
         C{extra} (later options win).
         """
         return (
-            ["--device", self.devicePath, "--command-dir", self.commandDir]
+            ["--device", self.devicePath, "--command-dir", self.commandDir, "--run-dir", self.runDir]
             + list(DEFAULT_AGENT_ARGS)
             + list(extra)
         )

@@ -7,11 +7,17 @@ unexpected way (item 9), and insecure commands refused with the reason
 
 import builtins
 import os
+import signal
 import subprocess
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import CancelledError, DeferredSemaphore, inlineCallbacks
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
+from prokshy import _machines
+from prokshy.execs.interfaces import ICommandSink
+from prokshy.execs.refusals import CommandRefused
 from prokshy.guest import execs
 from prokshy.guest._process import spawnWithReactor
 from prokshy.guest.execs import ExecStreamProtocol, GuestStreams, Slots
@@ -203,3 +209,123 @@ class InsecureRefusalTests(unittest.TestCase, LogCapture):
             lambda: any("owned by uid 65534" in m for m in self.logged()), "the log line"
         )
         self.assertLogged("refused exec", "theirs", "owned by uid 65534")
+
+
+class SlotsTests(unittest.TestCase):
+    """
+    L{Slots} is a L{DeferredSemaphore} with a bounded queue, and one rule
+    for "busy".
+    """
+
+    def test_semaphore(self):
+        slots = Slots(2, 1)
+        self.assertIsInstance(slots.semaphore, DeferredSemaphore)
+        self.assertEqual(slots.semaphore.limit, 2)
+
+    def test_fifoAndBusy(self):
+        slots = Slots(1, 2)
+        order = []
+        first = slots.acquire()
+        self.assertEqual(self.successResultOf(first), slots.semaphore)
+        for name in ("a", "b"):
+            slots.acquire().addCallback(lambda _, name=name: order.append(name))
+        self.assertEqual((slots.running, slots.waiting, slots.busy), (1, 2, True))
+        e = self.assertRaises(CommandRefused, slots.acquire)
+        self.assertEqual(e.code, "busy")
+        self.assertEqual(e.message, "1 commands running and 2 waiting (the limit)")
+        slots.release()
+        self.assertEqual(order, ["a"])
+        self.assertEqual((slots.running, slots.waiting, slots.busy), (1, 1, False))
+        slots.release()
+        slots.release()
+        self.assertEqual(order, ["a", "b"])
+        self.assertEqual((slots.running, slots.waiting), (0, 0))
+
+    def test_cancelWaiting(self):
+        """
+        A waiting acquisition that is cancelled leaves the queue.
+        """
+        slots = Slots(1, 1)
+        slots.acquire()
+        waiting = slots.acquire()
+        self.assertTrue(slots.busy)
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.assertEqual((slots.waiting, slots.busy), (0, False))
+        slots.release()
+        self.assertEqual(slots.running, 0)
+
+    def test_oneRule(self):
+        """
+        An open is refused exactly when an acquisition would be.
+        """
+        streams = GuestStreams(
+            CommandRunner(MemoryProcessReactor(), makeCommandDir({"cmd": SH}), spawn=spawnWithReactor),
+            maxConcurrency=1,
+            maxQueue=0,
+        )
+        stream = _Open({"name": "cmd"})
+        self.assertIsInstance(streams(stream), ExecStreamProtocol)
+        streams.slots.acquire()
+        self.assertTrue(streams.slots.busy)
+        e = self.assertRaises(StreamRefused, streams, stream)
+        self.assertEqual((e.code, e.message), ("busy", streams.slots.refusal().message))
+
+    def test_helloFields(self):
+        streams = GuestStreams(
+            CommandRunner(MemoryProcessReactor(), makeCommandDir(), spawn=spawnWithReactor),
+            maxConcurrency=3,
+            maxQueue=7,
+        )
+        self.assertEqual(streams.helloFields(), {"max_concurrency": 3, "max_queue": 7})
+        info = streams.describe()
+        self.assertEqual((info["max_concurrency"], info["max_queue"]), (3, 7))
+
+
+class _Open:
+    kind = "exec"
+
+    def __init__(self, args):
+        self.args = args
+
+
+class ExecStreamMachineTests(unittest.TestCase):
+    """
+    L{ExecStreamProtocol} is an Automat machine: every pair declared, the
+    table in the module docstring.
+    """
+
+    def test_everyPairDeclared(self):
+        self.assertEqual(_machines.undeclared(ExecStreamProtocol._machine), set())
+
+    def test_states(self):
+        self.assertEqual(
+            _machines.states(ExecStreamProtocol._machine),
+            ["abandoned", "closed", "running", "starting", "waiting"],
+        )
+
+    def test_tableInDocstring(self):
+        self.assertIn(_machines.table(ExecStreamProtocol._machine), execs.__doc__)
+
+    def test_sink(self):
+        self.assertTrue(verifyObject(ICommandSink, ExecStreamProtocol(None, None, "cmd", None)))
+
+    def test_lostWhileRunningKeepsTheSlotUntilTheEnd(self):
+        """
+        A stream that ends while its command runs cancels the command; the
+        slot is given back only when the command has ended, and no EXIT is
+        sent on the dead stream.
+        """
+        reactor = MemoryProcessReactor()
+        runner = CommandRunner(reactor, makeCommandDir({"cmd": SH}), spawn=spawnWithReactor)
+        slots = Slots(1, 0)
+        stream = FakeStream()
+        protocol = ExecStreamProtocol(runner, slots, "cmd", None)
+        protocol.makeConnection(stream)
+        child = reactor.processes[-1]
+        protocol.connectionLost(Failure(StreamReset("reset", "gone")))
+        self.assertEqual(child.signals, [("group", signal.SIGTERM)])
+        self.assertEqual(slots.running, 1)
+        child.end(None, signal.SIGTERM)
+        self.assertEqual(slots.running, 0)
+        self.assertEqual(stream.controls, [])

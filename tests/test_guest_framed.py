@@ -299,6 +299,35 @@ class ConcurrencyTests(FramedTestMixin, TestCase):
         self.assertEqual(result.code, 3)
 
     @inlineCallbacks
+    def test_helloAdvertisesLimits(self):
+        """
+        The guest's hello says how many commands it runs and queues, so a
+        daemon queues the rest itself instead of learning the limit from
+        C{busy} refusals (the fields L{prokshy.host.queue} reads).
+        """
+        rig, agent, host = yield self.start("--max-concurrency", "3", "--max-queue", "5")
+        info = host.link.info
+        self.assertEqual(
+            (info.peerHello["max_concurrency"], info.peerHello["max_queue"]), (3, 5)
+        )
+
+    @inlineCallbacks
+    def test_recordInTheRigsRunDir(self):
+        """
+        The rig's agents keep their record of running commands in the rig's
+        own directory, never in the system's run directory.
+        """
+        from prokshy.guest.reaper import recordName
+
+        rig, agent, host = yield self.start()
+        running, out, err = yield self.startStreaming(host.session, "waitstdin")
+        record = os.path.join(rig.runDir, recordName(rig.devicePath))
+        yield waitFor(lambda: os.path.exists(record) and b'"pid"' in open(record, "rb").read(),
+                      "the command in the record")
+        running.closeStdin()
+        yield withTimeout(running.result, 5, "the command")
+
+    @inlineCallbacks
     def test_queuedStdinHeldUntilStart(self):
         """
         A queued command's stdin (more than a window of it) is delivered in

@@ -112,6 +112,7 @@ class GuestProtocol(GuestLineProtocol):
             pingInterval=self.pingInterval,
             deadAfter=self.deadAfter,
             quietPings=QUIET_PINGS,
+            extra=self.streams.helloFields(),
         )
 
     def _ensureLink(self):

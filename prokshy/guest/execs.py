@@ -16,7 +16,66 @@ An exec stream::
 
 Commands run at most C{maxConcurrency} at a time; up to C{maxQueue} more
 wait (accepted, their stdin held back by flow control); beyond that an open
-is refused with C{busy}.
+is refused with C{busy}.  L{Slots} is a L{DeferredSemaphore} with a bounded
+queue, and C{Slots.busy} is the one rule for "busy".  The guest's hello
+advertises both limits (C{max_concurrency}, C{max_queue}:
+L{GuestStreams.helloFields}).
+
+An L{ExecStreamProtocol} is an Automat state machine.  States: C{waiting}
+(for a slot; the stream paused, stdin and signals held; a terminating
+signal ends it with an EXIT as if killed, without running), C{starting}
+(the runner is starting it), C{running}, C{abandoned} (the stream ended:
+the command is cancelled, and its end gives the slot back) and C{closed}.
+It has no timers (the execution's are in L{prokshy.guest.execution}).
+Every (state, input) pair is declared; an empty output list is a deliberate
+"nothing to do" (the stream or the command is gone, or the input cannot
+come in that state)::
+
+    abandoned  commandDone    -> closed     _releaseSlot
+    abandoned  killSignalled  -> abandoned
+    abandoned  lost           -> abandoned
+    abandoned  refused        -> abandoned
+    abandoned  signalled      -> abandoned
+    abandoned  slotAcquired   -> abandoned
+    abandoned  started        -> abandoned
+    abandoned  stdinEnded     -> abandoned
+    abandoned  stdinReceived  -> abandoned
+    closed     commandDone    -> closed
+    closed     killSignalled  -> closed
+    closed     lost           -> closed
+    closed     refused        -> closed
+    closed     signalled      -> closed
+    closed     slotAcquired   -> closed
+    closed     started        -> closed
+    closed     stdinEnded     -> closed
+    closed     stdinReceived  -> closed
+    running    commandDone    -> closed     _releaseSlot, _sendExit
+    running    killSignalled  -> running    _deliverSignal
+    running    lost           -> abandoned  _cancelCommand
+    running    refused        -> running
+    running    signalled      -> running    _deliverSignal
+    running    slotAcquired   -> running
+    running    started        -> running
+    running    stdinEnded     -> running    _closeStdin
+    running    stdinReceived  -> running    _writeStdin
+    starting   commandDone    -> starting
+    starting   killSignalled  -> starting   _holdSignal
+    starting   lost           -> starting
+    starting   refused        -> closed     _releaseSlot, _abort
+    starting   signalled      -> starting   _holdSignal
+    starting   slotAcquired   -> starting
+    starting   started        -> running    _hookUp
+    starting   stdinEnded     -> starting   _holdEof
+    starting   stdinReceived  -> starting   _holdStdin
+    waiting    commandDone    -> waiting
+    waiting    killSignalled  -> closed     _cancelSlot, _sendKilledExit
+    waiting    lost           -> closed     _cancelSlot
+    waiting    refused        -> waiting
+    waiting    signalled      -> waiting    _holdSignal
+    waiting    slotAcquired   -> starting   _start
+    waiting    started        -> waiting
+    waiting    stdinEnded     -> waiting    _holdEof
+    waiting    stdinReceived  -> waiting    _holdStdin
 """
 
 import os
@@ -26,14 +85,17 @@ import socket
 import time
 from collections import deque
 
-from twisted.internet.defer import CancelledError, Deferred
+from automat import MethodicalMachine
+from twisted.internet.defer import CancelledError, DeferredSemaphore
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from prokshy._version import __version__
 from prokshy.lines.loglimit import LogLimiter
 from prokshy.guest.reaper import systemUptime
-from prokshy.execs.refusals import CommandRefused
+from prokshy.execs.interfaces import ICommandSink
+from prokshy.execs.refusals import BUSY, INTERNAL_ERROR, CommandRefused
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.execution import signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
@@ -49,44 +111,64 @@ _TERMINATING = frozenset(
 
 class Slots:
     """
-    Bounded concurrency with a bounded wait queue.
+    Bounded concurrency with a bounded wait queue: a
+    L{DeferredSemaphore} of C{maxConcurrency} tokens, with at most
+    C{maxQueue} acquisitions waiting.
+
+    The one rule for "busy" (L{busy}): every slot taken and the queue full.
+
+    @ivar semaphore: the L{DeferredSemaphore}.
     """
 
     def __init__(self, maxConcurrency, maxQueue):
         self.maxConcurrency = maxConcurrency
         self.maxQueue = maxQueue
-        self.running = 0
-        self._waiting = deque()
+        self.semaphore = DeferredSemaphore(maxConcurrency)
+
+    @property
+    def running(self):
+        """
+        The slots taken.
+        """
+        return self.maxConcurrency - self.semaphore.tokens
 
     @property
     def waiting(self):
-        return len(self._waiting)
+        """
+        The acquisitions waiting for a slot.
+        """
+        return len(self.semaphore.waiting)
+
+    @property
+    def busy(self):
+        """
+        Whether an acquisition now would be refused.
+        """
+        return self.running >= self.maxConcurrency and self.waiting >= self.maxQueue
+
+    def refusal(self):
+        """
+        @return: the L{CommandRefused} for an acquisition while L{busy}.
+        """
+        return CommandRefused(
+            BUSY, "%d commands running and %d waiting (the limit)" % (self.running, self.waiting)
+        )
 
     def acquire(self):
         """
-        @return: a Deferred firing when a slot is ours.
-        @raise CommandRefused: C{busy}, when the queue is full too.
+        @return: a Deferred firing when a slot is ours (cancel it to give up
+            waiting).
+        @raise CommandRefused: C{busy}.
         """
-        if self.running < self.maxConcurrency:
-            self.running += 1
-            d = Deferred()
-            d.callback(None)
-            return d
-        if len(self._waiting) >= self.maxQueue:
-            raise CommandRefused(
-                "busy",
-                "%d commands running and %d waiting (the limit)"
-                % (self.running, len(self._waiting)),
-            )
-        d = Deferred(lambda d: self._waiting.remove(d))
-        self._waiting.append(d)
-        return d
+        if self.busy:
+            raise self.refusal()
+        return self.semaphore.acquire()
 
     def release(self):
-        if self._waiting:
-            self._waiting.popleft().callback(None)
-        else:
-            self.running -= 1
+        """
+        Give a slot back: the first waiting acquisition gets it.
+        """
+        self.semaphore.release()
 
 
 class _StdinThrottle:
@@ -108,12 +190,15 @@ class _StdinThrottle:
         pass
 
 
+@implementer(ICommandSink)
 class ExecStreamProtocol(Protocol):
     """
-    Runs one command for one exec stream.
+    Runs one command for one exec stream (the machine in the module
+    docstring).
     """
 
     log = Logger()
+    _machine = MethodicalMachine()
 
     def __init__(self, runner, slots, name, timeout):
         self.runner = runner
@@ -121,45 +206,109 @@ class ExecStreamProtocol(Protocol):
         self.name = name
         self.timeout = timeout
         self.execution = None
+        #: The waiting state's claim on a slot.
         self._slot = None
+        #: What the host sent while the command was not running yet.
         self._stdin = deque()
         self._stdinClosed = False
-        self._gone = False
         self._pendingSignals = []
 
     def connectionMade(self):
         # Hold stdin back (no credit granted) until the command runs.
         self.transport.pauseProducing()
         slot = self._slot = self.slots.acquire()
-        slot.addCallback(self._start)
-        slot.addErrback(lambda f: f.trap(CancelledError))
+        slot.addCallbacks(self._slotFired, lambda f: f.trap(CancelledError))
 
-    def _start(self, _):
+    def _slotFired(self, _):
         self._slot = None
-        if self._gone:
-            self.slots.release()
-            return
+        self.slotAcquired()
+
+    # -- states -----------------------------------------------------------
+
+    @_machine.state(initial=True)
+    def waiting(self):
+        "Waiting for a slot: the stream is paused, stdin and signals are held."
+
+    @_machine.state()
+    def starting(self):
+        "The slot is ours; the runner is starting the command."
+
+    @_machine.state()
+    def running(self):
+        "The command runs: stdin, output and signals flow."
+
+    @_machine.state()
+    def abandoned(self):
+        "The stream is gone and the command cancelled: its end gives the slot back."
+
+    @_machine.state()
+    def closed(self):
+        "Over: EXIT sent (or the stream reset, or gone), the slot given back."
+
+    # -- inputs -----------------------------------------------------------
+
+    @_machine.input()
+    def slotAcquired(self):
+        "The slot is ours."
+
+    @_machine.input()
+    def started(self, execution):
+        "The runner started the command."
+
+    @_machine.input()
+    def refused(self, code, message):
+        "The runner could not start it."
+
+    @_machine.input()
+    def stdinReceived(self, data):
+        "DATA from the host."
+
+    @_machine.input()
+    def stdinEnded(self):
+        "EOF from the host."
+
+    @_machine.input()
+    def signalled(self, number):
+        "SIGNAL with a signal that does not end a command by default."
+
+    @_machine.input()
+    def killSignalled(self, number):
+        "SIGNAL with a signal that ends a command by default (TERM, KILL, HUP, ...)."
+
+    @_machine.input()
+    def commandDone(self, status):
+        "The command ended with this ExitStatus."
+
+    @_machine.input()
+    def lost(self, reason):
+        "The stream ended (closed, reset, or its session ended)."
+
+    # -- outputs ----------------------------------------------------------
+
+    @_machine.output()
+    def _start(self):
         try:
-            self.execution = self.runner.start(self.name, self, timeout=self.timeout)
+            execution = self.runner.start(self.name, self, timeout=self.timeout)
         except CommandRefused as e:
-            self.slots.release()
-            self.transport.abort(e.code, e.message)
+            self.refused(e.code, e.message)
             return
         except Exception as e:
             # Whatever went wrong, the slot is free again and the host
             # learns why: the stream was accepted, so it is reset.
-            self.slots.release()
             self.log.failure("command {name!r} could not be started", name=self.name)
-            self.transport.abort(
-                "internal-error",
-                "command %r could not be started: %s: %s"
-                % (self.name, type(e).__name__, e),
+            self.refused(
+                INTERNAL_ERROR,
+                "command %r could not be started: %s: %s" % (self.name, type(e).__name__, e),
             )
             return
-        ex = self.execution
+        self.started(execution)
+
+    @_machine.output()
+    def _hookUp(self, execution):
+        self.execution = ex = execution
         self.transport.registerProducer(ex, True)
         ex.registerStdinProducer(_StdinThrottle(self.transport), True)
-        ex.done.addCallback(self._finished)
+        ex.done.addCallback(self._doneFired)
         for number in self._pendingSignals:
             ex.signal(number)
         self._pendingSignals = []
@@ -169,65 +318,63 @@ class ExecStreamProtocol(Protocol):
             ex.closeStdin()
         self.transport.resumeProducing()
 
-    # stdin from the host
-    def dataReceived(self, data):
-        if self.execution is None:
-            self._stdin.append(data)
-        else:
-            self.execution.writeStdin(data)
-
-    def eofReceived(self):
-        self._stdinClosed = True
-        if self.execution is not None:
-            self.execution.closeStdin()
-
-    def signalReceived(self, obj):
-        sig = obj.get("signal")
-        if not isinstance(sig, (str, int)) or isinstance(sig, bool):
-            return
-        if self.execution is None:
-            self._signalWhileWaiting(sig)
-            return
-        try:
-            self.execution.signal(sig)
-        except (ValueError, KeyError):
-            self.log.info("ignored unknown signal {sig!r}", sig=sig)
-
-    def _signalWhileWaiting(self, sig):
-        """
-        A signal for a command still waiting for a slot: a terminating
-        signal cancels it (it ends as if killed by that signal, without
-        running); any other is delivered when it starts.
-        """
-        try:
-            number = signalNumber(sig)
-        except (ValueError, KeyError):
-            self.log.info("ignored unknown signal {sig!r}", sig=sig)
-            return
-        if number not in _TERMINATING:
-            self._pendingSignals.append(number)
-            return
-        if self._slot is not None:
-            slot, self._slot = self._slot, None
-            slot.cancel()
-        self._gone = True
-        self.transport.resumeProducing()
-        self.transport.writeEof()
-        self.transport.sendControl(frames.EXIT, ExitStatus(None, number).toExit())
-        self.transport.loseConnection()
-
-    # output from the command (the runner's sink)
-    def stdoutReceived(self, data):
-        self.transport.write(data)
-
-    def stderrReceived(self, data):
-        self.transport.writeStderr(data)
-
-    def _finished(self, status):
+    @_machine.output()
+    def _releaseSlot(self):
         self.slots.release()
-        if self._gone:
-            return status
+
+    @_machine.output()
+    def _cancelSlot(self):
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.cancel()
+
+    @_machine.output()
+    def _abort(self, code, message):
+        self.transport.abort(code, message)
+
+    @_machine.output()
+    def _holdStdin(self, data):
+        self._stdin.append(data)
+
+    @_machine.output()
+    def _holdEof(self):
+        self._stdinClosed = True
+
+    @_machine.output()
+    def _holdSignal(self, number):
+        self._pendingSignals.append(number)
+
+    @_machine.output()
+    def _writeStdin(self, data):
+        self.execution.writeStdin(data)
+
+    @_machine.output()
+    def _closeStdin(self):
+        self.execution.closeStdin()
+
+    @_machine.output()
+    def _deliverSignal(self, number):
+        self.execution.signal(number)
+
+    @_machine.output()
+    def _sendKilledExit(self, number):
+        # Cancelled while waiting: it ends as if killed by that signal,
+        # without running.
+        self._exit(ExitStatus(None, number))
+
+    @_machine.output()
+    def _sendExit(self, status):
         self.transport.unregisterProducer()
+        self._exit(status)
+
+    @_machine.output()
+    def _cancelCommand(self, reason):
+        self.log.info(
+            "command {name!r} cancelled: {why}", name=self.name, why=reason.getErrorMessage()
+        )
+        self.execution.cancel()
+
+    def _exit(self, status):
         # The command may have left stdin unread, with the stdin pipe having
         # paused the stream: resume, so the host's EOF and CLOSE get through
         # (leftover stdin is dropped: the command is gone).
@@ -236,16 +383,93 @@ class ExecStreamProtocol(Protocol):
         self.transport.sendControl(frames.EXIT, status.toExit())
         self.transport.loseConnection()
 
+    def _doneFired(self, status):
+        self.commandDone(status)
+        return status
+
+    # -- the table --------------------------------------------------------
+    # Every (state, input) pair is declared; an empty output list is a
+    # deliberate "nothing to do": the stream or the command is gone, or the
+    # input cannot come in that state (a slot is acquired once; the runner
+    # answers started or refused only while starting).
+
+    waiting.upon(slotAcquired, enter=starting, outputs=[_start])
+    waiting.upon(started, enter=waiting, outputs=[])
+    waiting.upon(refused, enter=waiting, outputs=[])
+    waiting.upon(stdinReceived, enter=waiting, outputs=[_holdStdin])
+    waiting.upon(stdinEnded, enter=waiting, outputs=[_holdEof])
+    waiting.upon(signalled, enter=waiting, outputs=[_holdSignal])
+    waiting.upon(killSignalled, enter=closed, outputs=[_cancelSlot, _sendKilledExit])
+    waiting.upon(commandDone, enter=waiting, outputs=[])
+    waiting.upon(lost, enter=closed, outputs=[_cancelSlot])
+
+    starting.upon(slotAcquired, enter=starting, outputs=[])
+    starting.upon(started, enter=running, outputs=[_hookUp])
+    starting.upon(refused, enter=closed, outputs=[_releaseSlot, _abort])
+    starting.upon(stdinReceived, enter=starting, outputs=[_holdStdin])
+    starting.upon(stdinEnded, enter=starting, outputs=[_holdEof])
+    starting.upon(signalled, enter=starting, outputs=[_holdSignal])
+    starting.upon(killSignalled, enter=starting, outputs=[_holdSignal])
+    starting.upon(commandDone, enter=starting, outputs=[])
+    starting.upon(lost, enter=starting, outputs=[])
+
+    running.upon(slotAcquired, enter=running, outputs=[])
+    running.upon(started, enter=running, outputs=[])
+    running.upon(refused, enter=running, outputs=[])
+    running.upon(stdinReceived, enter=running, outputs=[_writeStdin])
+    running.upon(stdinEnded, enter=running, outputs=[_closeStdin])
+    running.upon(signalled, enter=running, outputs=[_deliverSignal])
+    running.upon(killSignalled, enter=running, outputs=[_deliverSignal])
+    running.upon(commandDone, enter=closed, outputs=[_releaseSlot, _sendExit])
+    running.upon(lost, enter=abandoned, outputs=[_cancelCommand])
+
+    abandoned.upon(slotAcquired, enter=abandoned, outputs=[])
+    abandoned.upon(started, enter=abandoned, outputs=[])
+    abandoned.upon(refused, enter=abandoned, outputs=[])
+    abandoned.upon(stdinReceived, enter=abandoned, outputs=[])
+    abandoned.upon(stdinEnded, enter=abandoned, outputs=[])
+    abandoned.upon(signalled, enter=abandoned, outputs=[])
+    abandoned.upon(killSignalled, enter=abandoned, outputs=[])
+    abandoned.upon(commandDone, enter=closed, outputs=[_releaseSlot])
+    abandoned.upon(lost, enter=abandoned, outputs=[])
+
+    for _input in (slotAcquired, started, refused, stdinReceived, stdinEnded, signalled,
+                   killSignalled, commandDone, lost):
+        closed.upon(_input, enter=closed, outputs=[])
+    del _input
+
+    # -- the stream's protocol ----------------------------------------------
+
+    def dataReceived(self, data):
+        self.stdinReceived(data)
+
+    def eofReceived(self):
+        self.stdinEnded()
+
+    def signalReceived(self, obj):
+        sig = obj.get("signal")
+        if not isinstance(sig, (str, int)) or isinstance(sig, bool):
+            return
+        try:
+            number = signalNumber(sig)
+        except (ValueError, KeyError):
+            self.log.info("ignored unknown signal {sig!r}", sig=sig)
+            return
+        if number in _TERMINATING:
+            self.killSignalled(number)
+        else:
+            self.signalled(number)
+
     def connectionLost(self, reason):
-        self._gone = True
-        if self._slot is not None:
-            self._slot.cancel()
-            self._slot = None
-        if self.execution is not None and not self.execution.finished:
-            self.log.info(
-                "command {name!r} cancelled: {why}", name=self.name, why=reason.getErrorMessage()
-            )
-            self.execution.cancel()
+        self.lost(reason)
+
+    # -- output from the command (ICommandSink) -----------------------------
+
+    def stdoutReceived(self, data):
+        self.transport.write(data)
+
+    def stderrReceived(self, data):
+        self.transport.writeStderr(data)
 
 
 class InfoProtocol(Protocol):
@@ -302,14 +526,9 @@ class GuestStreams:
             if e.code == "insecure":
                 self._insecureLog.emit("refused exec: {reason}", reason=e.message)
             raise StreamRefused(e.code, e.message)
-        if self.slots.running >= self.slots.maxConcurrency and (
-            self.slots.waiting >= self.slots.maxQueue
-        ):
-            raise StreamRefused(
-                "busy",
-                "%d commands running and %d waiting (the limit)"
-                % (self.slots.running, self.slots.waiting),
-            )
+        if self.slots.busy:
+            e = self.slots.refusal()
+            raise StreamRefused(e.code, e.message)
         return ExecStreamProtocol(self.runner, self.slots, name, timeout)
 
     def describe(self):
@@ -332,7 +551,16 @@ class GuestStreams:
             "running": self.slots.running,
             "waiting": self.slots.waiting,
             "max_concurrency": self.slots.maxConcurrency,
+            "max_queue": self.slots.maxQueue,
         }
+
+    def helloFields(self):
+        """
+        The limits the guest's hello advertises (docs/protocol.md section 2):
+        a daemon then queues what is beyond them instead of learning them
+        from C{busy} refusals.
+        """
+        return {"max_concurrency": self.slots.maxConcurrency, "max_queue": self.slots.maxQueue}
 
 
 def _systemUptime():
