@@ -624,3 +624,50 @@ class _Sink:
 
     def stderrReceived(self, data):
         pass
+
+
+class HandlerMachineTests(HandlerTestCase):
+    """
+    L{LegacyHandler} is an Automat machine (every pair declared, the table
+    in the module docstring); the argument wait belongs to the
+    awaitingArgument state.
+    """
+
+    def test_everyPairDeclared(self):
+        from prokshy import _machines
+
+        self.assertEqual(_machines.undeclared(LegacyHandler._machine), set())
+        self.assertEqual(
+            _machines.states(LegacyHandler._machine), ["awaitingArgument", "ready", "running"]
+        )
+
+    def test_tableInDocstring(self):
+        from prokshy import _machines
+        from prokshy.lines import legacy
+
+        self.assertIn(_machines.table(LegacyHandler._machine), legacy.__doc__)
+
+    def argTimers(self):
+        return [c for c in self.reactor.getDelayedCalls() if c.func == self.handler._argWaitFired]
+
+    def test_argWaitLeavesWithTheState(self):
+        """
+        However a held name is left (its argument, a reset, the host gone,
+        a too-long line, the end of input), its timer is gone with it.
+        """
+        ways = [
+            lambda: self.feed(b"data"),
+            self.handler.reset,
+            lambda: self.handler.dropPending("the host went away"),
+            self.handler.lineDiscarded,
+            self.handler.flushPending,
+        ]
+        for leave in ways:
+            self.feed(b"echo")
+            self.assertEqual(len(self.argTimers()), 1)
+            leave()
+            self.assertEqual(self.argTimers(), [], leave)
+            for child in list(self.reactor.processes):
+                if not child.ended:
+                    child.end(0)
+        self.assertEqual(self.spawned(), ["echo", "echo"])

@@ -21,6 +21,34 @@ also accepts the C{NAME SP DATA} form the original README describes:
     the log.  A line client cannot cancel a command, so the runner's
     line-protocol limits (C{lineTimeout}, C{lineMaxOutput}) apply.  One command runs at a time; lines that arrive meanwhile are
     queued (bounded) and handled in order afterwards.
+
+L{LegacyHandler} is an Automat state machine.  States: C{ready} (the next
+line is a request), C{awaitingArgument} (a bare NAME waits for its argument
+line; timer: C{argWait}, armed on entering and cancelled on every way out,
+after which NAME runs with empty data) and C{running} (a command runs;
+lines queue, bounded).  A reset while a command runs keeps it running but
+drops its output.  Every (state, input) pair is declared; an empty output
+list is a deliberate "nothing to do" (the input cannot come in that state,
+or is harmless there)::
+
+    awaitingArgument  argWaitExpired  -> ready             _cancelArgWait, _runHeld
+    awaitingArgument  commandEnded    -> awaitingArgument
+    awaitingArgument  nameHeld        -> awaitingArgument
+    awaitingArgument  pendingTaken    -> ready             _cancelArgWait, _dropName
+    awaitingArgument  resetRequested  -> ready             _cancelArgWait, _dropName, _forgetInput
+    awaitingArgument  started         -> awaitingArgument
+    ready             argWaitExpired  -> ready
+    ready             commandEnded    -> ready
+    ready             nameHeld        -> awaitingArgument  _holdName, _armArgWait
+    ready             pendingTaken    -> ready
+    ready             resetRequested  -> ready             _forgetInput
+    ready             started         -> running           _attach
+    running           argWaitExpired  -> running
+    running           commandEnded    -> ready             _detach, _pumpQueue
+    running           nameHeld        -> running
+    running           pendingTaken    -> running
+    running           resetRequested  -> running           _forgetInput, _dropOutput
+    running           started         -> running
 """
 
 from __future__ import annotations
@@ -28,6 +56,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Deque, Optional, Union
 
+from automat import MethodicalMachine
 from zope.interface import implementer
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -131,7 +160,8 @@ class _OutputThrottle:
 
 class LegacyHandler:
     """
-    The original line protocol, fed one line at a time.
+    The original line protocol, fed one line at a time (the machine in the
+    module docstring).
 
     @ivar write: called with the running command's stdout.
     @ivar consumer: if set (an C{IConsumer}, normally the device transport),
@@ -143,6 +173,8 @@ class LegacyHandler:
 
     maxQueuedLines = 64
     maxQueuedBytes = 1024 * 1024
+
+    _machine = MethodicalMachine()
 
     def __init__(
         self,
@@ -160,9 +192,11 @@ class LegacyHandler:
         #: Called with no arguments whenever the handler becomes idle: no
         #: command running, none waiting for its argument, no queued lines.
         self.onIdle: Optional[Callable[[], Any]] = None
+        #: The running state's command, its sink and its throttle.
         self.current: Optional[IExecution] = None
         self._sink: Optional[_LegacySink] = None
         self._throttle: Optional[_OutputThrottle] = None
+        #: The awaitingArgument state's name and timer.
         self._pendingName: Optional[bytes] = None
         self._argCall: Any = None
         self._queue: Deque[Union[bytes, object]] = deque()
@@ -177,6 +211,141 @@ class LegacyHandler:
         Whether a command started by this handler is still running.
         """
         return self.current is not None
+
+    @property
+    def idle(self) -> bool:
+        """
+        No command running, none waiting for its argument, no queued lines.
+        """
+        return self.current is None and self._pendingName is None and not self._queue
+
+    # -- states -----------------------------------------------------------
+
+    @_machine.state(initial=True)
+    def ready(self):
+        "No command runs and none waits for its argument: the next line is a request."
+
+    @_machine.state()
+    def awaitingArgument(self):
+        "A bare NAME waits for its argument line.  Timer: argWait, then it runs with no data."
+
+    @_machine.state()
+    def running(self):
+        "A command runs; lines queue (bounded) until it ends."
+
+    # -- inputs -----------------------------------------------------------
+
+    @_machine.input()
+    def nameHeld(self, name):
+        "A bare NAME: its argument line may follow."
+
+    @_machine.input()
+    def pendingTaken(self):
+        "The held name is used (its argument came) or dropped."
+
+    @_machine.input()
+    def argWaitExpired(self):
+        "No argument line came within argWait."
+
+    @_machine.input()
+    def started(self, execution, sink):
+        "A command started."
+
+    @_machine.input()
+    def commandEnded(self):
+        "The running command's done fired."
+
+    @_machine.input()
+    def resetRequested(self):
+        "reset(): the client is gone."
+
+    # -- outputs ----------------------------------------------------------
+
+    @_machine.output()
+    def _holdName(self, name):
+        self._pendingName = name
+
+    @_machine.output()
+    def _armArgWait(self):
+        self._argCall = self.clock.callLater(self.argWait, self._argWaitFired)
+
+    @_machine.output()
+    def _cancelArgWait(self):
+        call, self._argCall = self._argCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    @_machine.output()
+    def _dropName(self):
+        self._pendingName = None
+
+    @_machine.output()
+    def _runHeld(self):
+        name, self._pendingName = self._pendingName, None
+        if name is not None:
+            self._run(name, b"")
+            self._pump()
+
+    @_machine.output()
+    def _attach(self, execution, sink):
+        self.current = execution
+        self._sink = sink
+        self._throttleWith(execution)
+
+    @_machine.output()
+    def _detach(self):
+        self._unthrottle()
+        self.current = None
+        self._sink = None
+
+    @_machine.output()
+    def _pumpQueue(self):
+        self._pump()
+
+    @_machine.output()
+    def _dropOutput(self):
+        if self._sink is not None and not self._sink.detached:
+            self._sink.detached = True
+            _log.info(
+                "command {name!r} is still running; its output will be dropped",
+                name=self._sink.name,
+            )
+        self._unthrottle()
+
+    @_machine.output()
+    def _forgetInput(self):
+        self._queue.clear()
+        self._queuedBytes = 0
+        self._ignoredLog.flush()
+        self._overflowLog.flush()
+
+    # -- the table --------------------------------------------------------
+    # Every (state, input) pair is declared; an empty output list is a
+    # deliberate "nothing to do": the input cannot come in that state (a
+    # name is held, and a command started, only while no command runs and
+    # no name waits; the argument timer dies with awaitingArgument) or is
+    # harmless there.
+
+    ready.upon(nameHeld, enter=awaitingArgument, outputs=[_holdName, _armArgWait])
+    ready.upon(pendingTaken, enter=ready, outputs=[])
+    ready.upon(argWaitExpired, enter=ready, outputs=[])
+    ready.upon(started, enter=running, outputs=[_attach])
+    ready.upon(commandEnded, enter=ready, outputs=[])
+    ready.upon(resetRequested, enter=ready, outputs=[_forgetInput])
+
+    awaitingArgument.upon(nameHeld, enter=awaitingArgument, outputs=[])
+    awaitingArgument.upon(pendingTaken, enter=ready, outputs=[_cancelArgWait, _dropName])
+    awaitingArgument.upon(argWaitExpired, enter=ready, outputs=[_cancelArgWait, _runHeld])
+    awaitingArgument.upon(started, enter=awaitingArgument, outputs=[])
+    awaitingArgument.upon(commandEnded, enter=awaitingArgument, outputs=[])
+    awaitingArgument.upon(resetRequested, enter=ready, outputs=[_cancelArgWait, _dropName, _forgetInput])
+
+    running.upon(nameHeld, enter=running, outputs=[])
+    running.upon(pendingTaken, enter=running, outputs=[])
+    running.upon(argWaitExpired, enter=running, outputs=[])
+    running.upon(started, enter=running, outputs=[])
+    running.upon(commandEnded, enter=ready, outputs=[_detach, _pumpQueue])
+    running.upon(resetRequested, enter=running, outputs=[_forgetInput, _dropOutput])
 
     # -- input -------------------------------------------------------------
 
@@ -215,21 +384,32 @@ class LegacyHandler:
         the queued lines.  A running command is not killed, but its output
         is no longer written (it is dropped, and that is logged once).
         """
-        if self._argCall is not None and self._argCall.active():
-            self._argCall.cancel()
-        self._argCall = None
-        self._pendingName = None
-        self._queue.clear()
-        self._queuedBytes = 0
-        if self._sink is not None and not self._sink.detached:
-            self._sink.detached = True
-            _log.info(
-                "command {name!r} is still running; its output will be dropped",
-                name=self._sink.name,
+        self.resetRequested()
+
+    def dropPending(self, why: str) -> None:
+        """
+        Forget a name waiting for its argument line: that line cannot come.
+        """
+        if self._pendingName is not None:
+            name = self._pendingName
+            self.pendingTaken()
+            self._ignoredLog.emit(
+                "command {name!r} not run: {why}", name=name.decode("ascii"), why=why
             )
-        self._unthrottle()
-        self._ignoredLog.flush()
-        self._overflowLog.flush()
+
+    def flushPending(self) -> None:
+        """
+        The input has ended: a name still waiting for its argument line runs
+        now with empty data instead of after the wait.
+        """
+        self._inputEnded = True
+        if self._pendingName is not None and self.current is None and not self._queue:
+            name = self._pendingName
+            self.pendingTaken()
+            self._run(name, b"")
+            self._pump()
+        elif self.idle and self.onIdle is not None:
+            self.onIdle()
 
     # -- processing --------------------------------------------------------
 
@@ -248,43 +428,11 @@ class LegacyHandler:
         if self.idle and self.onIdle is not None:
             self.onIdle()
 
-    @property
-    def idle(self) -> bool:
-        """
-        No command running, none waiting for its argument, no queued lines.
-        """
-        return self.current is None and self._pendingName is None and not self._queue
-
-    def dropPending(self, why: str) -> None:
-        """
-        Forget a name waiting for its argument line: that line cannot come.
-        """
-        if self._pendingName is not None:
-            name = self._pendingName
-            self._cancelPending()
-            self._ignoredLog.emit(
-                "command {name!r} not run: {why}", name=name.decode("ascii"), why=why
-            )
-
-    def flushPending(self) -> None:
-        """
-        The input has ended: a name still waiting for its argument line runs
-        now with empty data instead of after the wait.
-        """
-        self._inputEnded = True
-        if self._pendingName is not None and self.current is None and not self._queue:
-            name = self._pendingName
-            self._cancelPending()
-            self._run(name, b"")
-            self._pump()
-        elif self.idle and self.onIdle is not None:
-            self.onIdle()
-
     def _process(self, item: Union[bytes, object]) -> None:
         if item is _DISCARDED:
             if self._pendingName is not None:
                 name = self._pendingName
-                self._cancelPending()
+                self.pendingTaken()
                 self._ignoredLog.emit(
                     "command {name!r} not run: its argument line was too long",
                     name=name.decode("ascii"),
@@ -294,7 +442,7 @@ class LegacyHandler:
         text = _strip(item)
         if self._pendingName is not None:
             name = self._pendingName
-            self._cancelPending()
+            self.pendingTaken()
             self._run(name, text)
             return
         if not text:
@@ -311,21 +459,11 @@ class LegacyHandler:
             # No argument line can come any more: run it now.
             self._run(name, b"")
         else:
-            self._pendingName = name
-            self._argCall = self.clock.callLater(self.argWait, self._argTimeout)
+            self.nameHeld(name)
 
-    def _cancelPending(self) -> None:
-        if self._argCall is not None and self._argCall.active():
-            self._argCall.cancel()
+    def _argWaitFired(self) -> None:
         self._argCall = None
-        self._pendingName = None
-
-    def _argTimeout(self) -> None:
-        self._argCall = None
-        name, self._pendingName = self._pendingName, None
-        if name is not None:
-            self._run(name, b"")
-            self._pump()
+        self.argWaitExpired()
 
     def _ignore(self, refusal: CommandRefused) -> None:
         self._ignoredLog.emit(
@@ -344,9 +482,7 @@ class LegacyHandler:
         except Exception:
             _log.failure("command {name!r} could not be started", name=sink.name)
             return
-        self.current = execution
-        self._sink = sink
-        self._throttleWith(execution)
+        self.started(execution, sink)
         if data:
             execution.writeStdin(data)
         execution.closeStdin()
@@ -354,10 +490,7 @@ class LegacyHandler:
 
     def _commandDone(self, result: Any, execution: IExecution) -> Any:
         if execution is self.current:
-            self._unthrottle()
-            self.current = None
-            self._sink = None
-            self._pump()
+            self.commandEnded()
         return result
 
     def _writeOutput(self, data: bytes) -> None:
