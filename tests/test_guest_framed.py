@@ -317,7 +317,7 @@ class ConcurrencyTests(FramedTestMixin, TestCase):
         The rig's agents keep their record of running commands in the rig's
         own directory, never in the system's run directory.
         """
-        from prokshy.guest.reaper import recordName
+        from prokshy.guest.record import recordName
 
         rig, agent, host = yield self.start()
         running, out, err = yield self.startStreaming(host.session, "waitstdin")

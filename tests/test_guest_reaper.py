@@ -1,5 +1,6 @@
 """
-Tests for L{prokshy.guest.reaper} and the descendant kill of
+Tests for L{prokshy.guest.reaper}, L{prokshy.guest.record},
+L{prokshy.guest.proctable}, L{prokshy.guest.subreaper} and the descendant kill of
 L{prokshy.guest._process.ProcessGroupProcess.signalTree}: real processes
 that leave their process group with C{setsid()}, orphans, a subreaper, and
 the record from which a restarted agent kills what a killed agent left.
@@ -19,7 +20,8 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
-from prokshy.guest import reaper
+from prokshy.guest import proctable, reaper, subreaper
+from prokshy.guest import record as records
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.runner import CommandRunner
 
@@ -176,9 +178,9 @@ class EscapedDescendantTests(_Mixin, unittest.TestCase):
         grandchild keeps its stdout open, and after the grace period it is
         found by the pipe it holds and killed.
         """
-        if not reaper.acquireSubreaper():
+        if not subreaper.acquireSubreaper():
             raise unittest.SkipTest("cannot become a subreaper here")
-        self.addCleanup(reaper.releaseSubreaper)
+        self.addCleanup(subreaper.releaseSubreaper)
         execution, sink = self.start("orphan", ORPHAN_HOLDING_STDOUT)
         grandchild = yield self.firstPid(sink)
         self.addCleanup(self.reap, grandchild)
@@ -193,7 +195,7 @@ class EscapedDescendantTests(_Mixin, unittest.TestCase):
         Without the subreaper the orphan goes to init; it is still found by
         its pipe (among all processes) and killed.
         """
-        self.assertFalse(reaper.isSubreaper())
+        self.assertFalse(subreaper.isSubreaper())
         execution, sink = self.start("orphan", ORPHAN_HOLDING_STDOUT)
         grandchild = yield self.firstPid(sink)
         yield waitFor(lambda: parentOf(grandchild) != execution.pid, "the orphan")
@@ -231,16 +233,16 @@ class EscapedDescendantTests(_Mixin, unittest.TestCase):
 
 class StrayReapingTests(unittest.TestCase):
     """
-    L{reaper.reapStrays} reaps orphans reparented to a subreaper, and never
+    L{subreaper.reapStrays} reaps orphans reparented to a subreaper, and never
     a child that Twisted spawned.
     """
 
     timeout = 20
 
     def setUp(self):
-        if not reaper.acquireSubreaper():
+        if not subreaper.acquireSubreaper():
             raise unittest.SkipTest("cannot become a subreaper here")
-        self.addCleanup(reaper.releaseSubreaper)
+        self.addCleanup(subreaper.releaseSubreaper)
 
     @defer.inlineCallbacks
     def test_orphanReaped(self):
@@ -251,7 +253,7 @@ class StrayReapingTests(unittest.TestCase):
         orphan = int(out)
         self.assertEqual(parentOf(orphan), os.getpid())
         yield waitFor(lambda: not alive(orphan), "the orphan to exit")
-        self.assertIn(orphan, reaper.reapStrays())
+        self.assertIn(orphan, subreaper.reapStrays())
         self.assertFalse(os.path.exists(f"/proc/{orphan}"))
 
     @defer.inlineCallbacks
@@ -265,7 +267,7 @@ class StrayReapingTests(unittest.TestCase):
         process = reactor.spawnProcess(Protocol(), "/bin/sh", ["sh", "-c", "exit 7"], env={})
         pid = process.pid
         for _ in range(200):
-            reaped = reaper.reapStrays()
+            reaped = subreaper.reapStrays()
             self.assertNotIn(pid, reaped)
             if ended.called:
                 break
@@ -289,22 +291,22 @@ class ProcessTableTests(unittest.TestCase):
     def test_procTable(self):
         if not LINUX:
             raise unittest.SkipTest("Linux /proc")
-        table = reaper.ProcessTable.read()
+        table = proctable.ProcessTable.read()
         me = table.procs[os.getpid()]
         self.assertEqual(me.ppid, os.getppid())
         self.assertEqual(me.pgid, os.getpgrp())
-        self.assertEqual(me.start, reaper.processStart(os.getpid()))
+        self.assertEqual(me.start, proctable.processStart(os.getpid()))
         self.assertTrue(table.sameProcess(os.getpid(), me.start))
         self.assertFalse(table.sameProcess(os.getpid(), me.start - 0.01))
 
     def test_psTable(self):
         if subprocess.run(["sh", "-c", "command -v ps"], capture_output=True).returncode:
             raise unittest.SkipTest("no ps(1)")
-        table = reaper.ProcessTable.read(useProc=False)
-        self.assertEqual(table.tolerance, reaper.PS_TOLERANCE)
+        table = proctable.ProcessTable.read(useProc=False)
+        self.assertEqual(table.tolerance, proctable.PS_TOLERANCE)
         me = table.procs[os.getpid()]
         self.assertEqual((me.ppid, me.pgid), (os.getppid(), os.getpgrp()))
-        exact = reaper.processStart(os.getpid())
+        exact = proctable.processStart(os.getpid())
         if exact is not None:
             self.assertTrue(table.sameProcess(os.getpid(), exact))
 
@@ -313,7 +315,7 @@ class ProcessTableTests(unittest.TestCase):
             raise unittest.SkipTest("no /proc/uptime")
         with open("/proc/uptime") as f:
             before = float(f.read().split()[0])
-        uptime = reaper.systemUptime()
+        uptime = proctable.systemUptime()
         with open("/proc/uptime") as f:
             after = float(f.read().split()[0])
         # /proc/uptime is truncated to 1/100 s.
@@ -338,7 +340,7 @@ class _Sleeper:
 
     @property
     def start(self):
-        return reaper.processStart(self.pid)
+        return proctable.processStart(self.pid)
 
     def kill(self):
         if self.process.poll() is None:
@@ -352,7 +354,7 @@ class _Sleeper:
 
 class LeftoverTests(unittest.TestCase):
     """
-    L{reaper.killLeftovers} kills what a previous agent's record names,
+    L{records.killLeftovers} kills what a previous agent's record names,
     and only processes whose start time matches.
     """
 
@@ -362,7 +364,7 @@ class LeftoverTests(unittest.TestCase):
 
     def test_recordedCommandKilled(self):
         leftover = _Sleeper(self)
-        killed = reaper.killLeftovers([{"pid": leftover.pid, "start": leftover.start, "pipes": []}])
+        killed = records.killLeftovers([{"pid": leftover.pid, "start": leftover.start, "pipes": []}])
         self.assertEqual(killed, {leftover.pid: [leftover.pid]})
         self.assertEqual(leftover.process.wait(), -signal.SIGKILL)
 
@@ -374,7 +376,7 @@ class LeftoverTests(unittest.TestCase):
         other = _Sleeper(self)
         for start in (other.start - 1, other.start + 0.01, None):
             entry = {"pid": other.pid, "start": start, "pipes": []}
-            self.assertEqual(reaper.killLeftovers([entry]), {})
+            self.assertEqual(records.killLeftovers([entry]), {})
         self.assertFalse(other.dead)
 
     def test_groupAndDescendants(self):
@@ -392,8 +394,8 @@ class LeftoverTests(unittest.TestCase):
         command.stdout.close()
         self.addCleanup(_killQuietly, child)
         self.assertEqual(os.getsid(child), child)
-        entry = {"pid": command.pid, "start": reaper.processStart(command.pid), "pipes": []}
-        killed = reaper.killLeftovers([entry])
+        entry = {"pid": command.pid, "start": proctable.processStart(command.pid), "pipes": []}
+        killed = records.killLeftovers([entry])
         self.assertEqual(sorted(killed[command.pid]), sorted([command.pid, child]))
         self.assertEqual(command.wait(), -signal.SIGKILL)
         for _ in range(500):
@@ -421,7 +423,7 @@ class LeftoverTests(unittest.TestCase):
         os.close(w)
         st = os.fstat(r)
         entry = {"pid": dead.pid, "start": recordedStart, "pipes": [(st.st_dev, st.st_ino)]}
-        killed = reaper.killLeftovers([entry])
+        killed = records.killLeftovers([entry])
         self.assertEqual(killed, {dead.pid: [younger.pid]})
         self.assertEqual(younger.process.wait(), -signal.SIGKILL)
         self.assertFalse(older.dead)
@@ -429,11 +431,11 @@ class LeftoverTests(unittest.TestCase):
     def test_psTableTolerance(self):
         """
         Where start times come from ps(1) (FreeBSD), a start recorded from
-        the uptime clock at spawn matches within L{reaper.PS_TOLERANCE}.
+        the uptime clock at spawn matches within L{proctable.PS_TOLERANCE}.
         """
-        spawnedAt = reaper.systemUptime()
+        spawnedAt = proctable.systemUptime()
         leftover = _Sleeper(self)
-        table = reaper.ProcessTable.read(useProc=False)
+        table = proctable.ProcessTable.read(useProc=False)
         self.assertTrue(table.sameProcess(leftover.pid, spawnedAt))
         self.assertFalse(table.sameProcess(leftover.pid, spawnedAt - 60))
 
@@ -448,20 +450,20 @@ class ProcessRecordTests(unittest.TestCase):
         self.path = os.path.join(self.dir, "dev_x.pids")
 
     def test_createdPrivateAndLocked(self):
-        record = reaper.ProcessRecord(self.path)
+        record = records.ProcessRecord(self.path)
         self.assertEqual(record.open(), [])
         self.addCleanup(record.close)
         self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
         self.assertEqual(os.stat(self.dir).st_mode & 0o777, 0o755)
-        second = reaper.ProcessRecord(self.path)
-        e = self.assertRaises(reaper.RecordError, second.open)
+        second = records.ProcessRecord(self.path)
+        e = self.assertRaises(records.RecordError, second.open)
         self.assertIn("locked by another running agent", str(e))
 
     def test_survivesACrash(self):
         """
         What an agent killed with SIGKILL recorded is read by the next.
         """
-        record = reaper.ProcessRecord(self.path)
+        record = records.ProcessRecord(self.path)
         record.open()
         record.add("a", 1234, 56.78, [(1, 2)])
         record.add("b", 2345, 67.89, [])
@@ -471,7 +473,7 @@ class ProcessRecordTests(unittest.TestCase):
         with open(self.path) as f:
             header = json.loads(f.readline())
         self.assertEqual(header["agent"], os.getpid())
-        after = reaper.ProcessRecord(self.path)
+        after = records.ProcessRecord(self.path)
         self.assertEqual(after.open(), [{"pid": 2345, "start": 67.89, "pipes": []}])
         after.close()
         self.assertFalse(os.path.exists(self.path))
@@ -481,7 +483,7 @@ class ProcessRecordTests(unittest.TestCase):
         with open(self.path, "w") as f:
             f.write('{"agent": 1}\n{"pid": 99, "start": 1.5}\nnot json\n{"pid": "x"}\n{"pid": 1}\n{"pi')
         os.chmod(self.path, 0o600)
-        record = reaper.ProcessRecord(self.path)
+        record = records.ProcessRecord(self.path)
         self.assertEqual(record.open(), [{"pid": 99, "start": 1.5, "pipes": []}])
         record.close()
 
@@ -497,36 +499,36 @@ class ProcessRecordTests(unittest.TestCase):
             pass
         os.chmod(self.path, 0o600)
         os.chown(self.path, 65534, 65534)
-        e = self.assertRaises(reaper.RecordError, reaper.ProcessRecord(self.path).open)
+        e = self.assertRaises(records.RecordError, records.ProcessRecord(self.path).open)
         self.assertIn("owned by uid 65534", str(e))
         os.chown(self.path, 0, 0)
         os.chmod(self.path, 0o622)
-        e = self.assertRaises(reaper.RecordError, reaper.ProcessRecord(self.path).open)
+        e = self.assertRaises(records.RecordError, records.ProcessRecord(self.path).open)
         self.assertIn("writable", str(e))
         os.chmod(self.path, 0o600)
         os.chmod(self.dir, 0o777)
-        e = self.assertRaises(reaper.RecordError, reaper.ProcessRecord(self.path).open)
+        e = self.assertRaises(records.RecordError, records.ProcessRecord(self.path).open)
         self.assertIn("run directory", str(e))
         os.chmod(self.dir, 0o755)
         os.unlink(self.path)
         os.symlink("/etc/passwd", self.path)
-        self.assertRaises(reaper.RecordError, reaper.ProcessRecord(self.path).open)
+        self.assertRaises(records.RecordError, records.ProcessRecord(self.path).open)
 
     def test_defaultRunDir(self):
-        self.assertEqual(reaper.defaultRunDir(0, {}), "/var/run/prokshy")
+        self.assertEqual(records.defaultRunDir(0, {}), "/var/run/prokshy")
         self.assertEqual(
-            reaper.defaultRunDir(1000, {"XDG_RUNTIME_DIR": "/run/user/1000"}),
+            records.defaultRunDir(1000, {"XDG_RUNTIME_DIR": "/run/user/1000"}),
             "/run/user/1000/prokshy",
         )
-        self.assertEqual(reaper.defaultRunDir(1000, {}), "")
-        self.assertEqual(reaper.defaultRunDir(1000, {"XDG_RUNTIME_DIR": "rel"}), "")
+        self.assertEqual(records.defaultRunDir(1000, {}), "")
+        self.assertEqual(records.defaultRunDir(1000, {"XDG_RUNTIME_DIR": "rel"}), "")
 
     def test_recordName(self):
-        self.assertEqual(reaper.recordName("/dev/vtcon/prokshy"), "dev_vtcon_prokshy.pids")
-        self.assertEqual(reaper.recordName("/tmp/a b/dev"), "tmp_a_b_dev.pids")
-        long = reaper.recordName("/x" * 200)
+        self.assertEqual(records.recordName("/dev/vtcon/prokshy"), "dev_vtcon_prokshy.pids")
+        self.assertEqual(records.recordName("/tmp/a b/dev"), "tmp_a_b_dev.pids")
+        long = records.recordName("/x" * 200)
         self.assertLess(len(long), 110)
-        self.assertNotEqual(long, reaper.recordName("/y" + "/x" * 199))
+        self.assertNotEqual(long, records.recordName("/y" + "/x" * 199))
 
 
 class RunnerRecordTests(_Mixin, unittest.TestCase):
@@ -537,7 +539,7 @@ class RunnerRecordTests(_Mixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_runningCommandsRecorded(self):
         path = os.path.join(shortTempDir(self), "run", "x.pids")
-        record = reaper.ProcessRecord(path)
+        record = records.ProcessRecord(path)
         record.open()
         self.addCleanup(record.close)
         self.runner.processRecord = record
@@ -546,7 +548,7 @@ class RunnerRecordTests(_Mixin, unittest.TestCase):
         [entry] = record.entries
         self.assertEqual(entry["pid"], execution.pid)
         if LINUX:
-            self.assertEqual(entry["start"], reaper.processStart(execution.pid))
+            self.assertEqual(entry["start"], proctable.processStart(execution.pid))
             self.assertEqual(len(entry["pipes"]), 3)
         with open(path) as f:
             self.assertEqual(json.loads(f.read().splitlines()[1])["pid"], execution.pid)
@@ -585,7 +587,7 @@ class AgentRestartTests(unittest.TestCase):
         command = parentOf(child)
         self.assertEqual(os.getpgid(command), command)
         self.addCleanup(self._kill, child, command)
-        record = os.path.join(runDir, reaper.recordName(rig.devicePath))
+        record = os.path.join(runDir, records.recordName(rig.devicePath))
         with open(record) as f:
             self.assertEqual([json.loads(line)["pid"] for line in f.read().splitlines()[1:]], [command])
         yield first.kill()
@@ -625,9 +627,9 @@ class ReaperServiceTests(unittest.TestCase, LogCapture):
         rig = Rig(self)
         rig.startSim()
         runDir = os.path.join(rig.dir, "run")
-        record = os.path.join(runDir, reaper.recordName(rig.devicePath))
+        record = os.path.join(runDir, records.recordName(rig.devicePath))
         agent = yield rig.startAgent("--run-dir", runDir)
-        self.assertTrue(reaper.isSubreaper())
+        self.assertTrue(subreaper.isSubreaper())
         self.assertTrue(os.path.exists(record))
         host = yield rig.connectHost()
         out = bytearray()
@@ -643,7 +645,7 @@ class ReaperServiceTests(unittest.TestCase, LogCapture):
             self.assertEqual(len(f.read().splitlines()), 1)
         yield agent.stop()
         self.assertFalse(os.path.exists(record))
-        self.assertFalse(reaper.isSubreaper())
+        self.assertFalse(subreaper.isSubreaper())
 
     @defer.inlineCallbacks
     def test_unusableRunDir(self):

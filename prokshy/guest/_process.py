@@ -19,7 +19,7 @@ paths:
 
 A descendant that leaves the group (C{setsid()}) is found and signalled by
 L{ProcessGroupProcess.signalTree}, with the help of
-L{prokshy.guest.reaper}.
+L{prokshy.guest.proctable} and L{prokshy.guest.subreaper}.
 
 The overridden methods are private Twisted API; this module mirrors Twisted
 26.10's C{Process._trySpawnInsteadOfFork} and must be re-checked when Twisted
@@ -38,7 +38,7 @@ from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
 from twisted.logger import Logger
 from zope.interface import Attribute, implementer
 
-from prokshy.guest import reaper
+from prokshy.guest import proctable, subreaper
 
 _log = Logger()
 
@@ -105,13 +105,13 @@ class ProcessGroupProcess(_twistedProcess.Process):
         self._escaped = {}
         super().__init__(*args, **kwargs)
         if self.pid is not None:
-            if reaper.LINUX:
-                self.startTime = reaper.processStart(self.pid)
-                self.pipeInodes = reaper.pipeInodes(
+            if subreaper.LINUX:
+                self.startTime = proctable.processStart(self.pid)
+                self.pipeInodes = proctable.pipeInodes(
                     pipe.fileno() for pipe in self.pipes.values()
                 )
             else:
-                self.startTime = reaper.systemUptime()
+                self.startTime = proctable.systemUptime()
 
     def _trySpawnInsteadOfFork(
         self, path, uid, gid, executable, args, environment, kwargs
@@ -236,7 +236,7 @@ class ProcessGroupProcess(_twistedProcess.Process):
         On FreeBSD, when the agent is a reaper, the kernel signals the
         child's whole reaper subtree (C{PROC_REAP_KILL}).  On Linux, the
         descendants outside the group are found in C{/proc}
-        (L{reaper.findTree}: the child's descendants, and processes
+        (L{proctable.findTree}: the child's descendants, and processes
         holding its stdio pipes), remembered, and signalled through a
         pidfd after checking their start time; the remembered ones are
         signalled again on later calls, even once their parent is gone.
@@ -247,15 +247,15 @@ class ProcessGroupProcess(_twistedProcess.Process):
         if self.pgid is None:
             return sent
         try:
-            if reaper.FREEBSD:
+            if subreaper.FREEBSD:
                 # The subtree id is the child's pid; once the child is
                 # reaped, skip it if a new child of ours has that pid.
                 if self.pid is not None or self.pgid not in _twistedProcess.reapProcessHandlers:
-                    if reaper.reapKillSubtree(self.pgid, signalNumber):
+                    if subreaper.reapKillSubtree(self.pgid, signalNumber):
                         sent = True
-            elif reaper.haveProc():
-                table = reaper.ProcessTable.read()
-                found = reaper.findTree(
+            elif proctable.haveProc():
+                table = proctable.ProcessTable.read()
+                found = proctable.findTree(
                     table,
                     self.pgid,
                     leader=self.pid,
@@ -268,7 +268,7 @@ class ProcessGroupProcess(_twistedProcess.Process):
                     if info is not None and info.pgid != self.pgid:
                         self._escaped[pid] = start
                 for pid, start in list(self._escaped.items()):
-                    if reaper.signalVerified(pid, start, signalNumber):
+                    if proctable.signalVerified(pid, start, signalNumber):
                         sent = True
                     else:
                         del self._escaped[pid]

@@ -93,12 +93,13 @@ from zope.interface import implementer
 
 from prokshy._version import __version__
 from prokshy.lines.loglimit import LogLimiter
-from prokshy.guest.reaper import systemUptime
+from prokshy.guest.proctable import systemUptime
 from prokshy.execs.interfaces import ICommandSink
 from prokshy.execs.refusals import BUSY, INTERNAL_ERROR, CommandRefused
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.execution import signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
+from prokshy.streams.interfaces import ISignalStreamProtocol, IStreamProtocol
 from prokshy.streams.stream import StreamRefused
 from prokshy.wire import frames
 
@@ -190,7 +191,7 @@ class _StdinThrottle:
         pass
 
 
-@implementer(ICommandSink)
+@implementer(ICommandSink, IStreamProtocol, ISignalStreamProtocol)
 class ExecStreamProtocol(Protocol):
     """
     Runs one command for one exec stream (the machine in the module

@@ -96,7 +96,7 @@ class CommandRunner:
     @param maxRunning: refuse (code C{busy}) beyond this many running
         commands (0: no limit).
 
-    @ivar processRecord: if set (a L{prokshy.guest.reaper.ProcessRecord}),
+    @ivar processRecord: if set (a L{prokshy.guest.record.ProcessRecord}),
         each running command is listed in it, so that a later agent can
         kill what is left of it should this one be killed.
     """

@@ -11,7 +11,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from prokshy.guest.reaper import defaultRunDir
+from prokshy.guest.record import defaultRunDir
 from prokshy.guest.runner import LINE_MAX_OUTPUT, LINE_TIMEOUT
 
 DEFAULT_DEVICES = ("/dev/vtcon/prokshy", "/dev/virtio-ports/prokshy")
@@ -149,7 +149,8 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     from prokshy.guest.agent import GuestProtocol
     from prokshy.guest.execs import GuestStreams
-    from prokshy.guest.reaper import ProcessReaper, recordName
+    from prokshy.guest.reaper import ProcessReaper
+    from prokshy.guest.record import recordName
     from prokshy.guest.commands import CommandDirectory
     from prokshy.guest.runner import CommandRunner
     from prokshy.transport.endpoints import VtconClientEndpoint
