@@ -17,7 +17,9 @@ import random
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
+from zope.interface import implementer
 
+from prokshy.streams.interfaces import IExecStreamProtocol, IStreamProtocol
 from prokshy.streams.mux import Mux
 from prokshy.streams.stream import StreamRefused, StreamReset
 from prokshy.wire import frames
@@ -34,6 +36,7 @@ def generate(seed, n):
     return random.Random(seed).randbytes(n) if n else b""
 
 
+@implementer(IStreamProtocol)
 class GuestExec(Protocol):
     """
     The guest's side of an emulated exec stream.
@@ -67,6 +70,7 @@ def guestOpen(stream):
     return GuestExec()
 
 
+@implementer(IExecStreamProtocol)
 class HostExec(Protocol):
     """
     The host's side: writes stdin, closes it, records what comes back.

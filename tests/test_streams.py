@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from prokshy.link.session import NotConnected, SessionEnded
+from prokshy.streams.interfaces import IExecStreamProtocol, ISignalStreamProtocol, IStreamProtocol
 from prokshy.streams.mux import DEFAULT_WINDOW, Mux
 from prokshy.streams.stream import (
     Stream,
@@ -29,6 +30,7 @@ from prokshy.wire import frames
 from tests.channel import LinkPair, deterministicNonces
 
 
+@implementer(IStreamProtocol, IExecStreamProtocol, ISignalStreamProtocol)
 class Collector(Protocol):
     """
     Records everything a stream delivers.

@@ -17,9 +17,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from prokshy.execs.status import ExitStatus
 from prokshy.link.session import Link, LinkConfig, SessionEnded
+from prokshy.streams.interfaces import IExecStreamProtocol
 from prokshy.streams.mux import Mux
 from prokshy.streams.stream import StreamError, decodeJSON
 from prokshy.wire import frames
@@ -57,6 +59,7 @@ class ExecResult(ExitStatus):
     stderr: bytes = attrs.field(default=b"", repr=False)
 
 
+@implementer(IExecStreamProtocol)
 class _ExecClient(Protocol):
     def __init__(self, onStdout, onStderr):
         self.onStdout = onStdout

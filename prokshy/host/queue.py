@@ -43,6 +43,7 @@ from collections import OrderedDict
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
 
 from prokshy.lines.loglimit import LogLimiter
 from prokshy.link.session import NotConnected, SessionEnded
@@ -69,6 +70,9 @@ class _Tracked:
     def __init__(self, protocol, ended):
         self._protocol = protocol
         self._ended = ended
+        # What the stream hands over follows the wrapped protocol's
+        # interfaces (prokshy.streams.interfaces).
+        directlyProvides(self, providedBy(protocol))
 
     def makeConnection(self, transport):
         self.transport = transport

@@ -22,6 +22,7 @@ from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from prokshy.link.session import SessionEnded
+from prokshy.streams.interfaces import IExecStreamProtocol, ISignalStreamProtocol, IStreamProtocol
 from prokshy.streams.stream import StreamError
 from prokshy.wire import frames
 
@@ -47,6 +48,7 @@ class _Throttle:
         pass
 
 
+@implementer(IStreamProtocol, IExecStreamProtocol, ISignalStreamProtocol)
 class _Side(Protocol):
     """
     One end of a relay: what its stream receives goes to C{peer}.
