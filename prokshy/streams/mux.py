@@ -13,8 +13,11 @@ ends, every stream ends with L{SessionEnded} and every pending open fails.
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from prokshy.link.session import NotConnected, SessionEnded
+from prokshy.streams.credit import MAX_CREDIT
+from prokshy.streams.interfaces import IStreamOwner
 from prokshy.streams.stream import (
     Stream,
     StreamRefused,
@@ -27,9 +30,11 @@ from prokshy.wire import frames
 DEFAULT_WINDOW = 256 * 1024
 
 
+@implementer(IStreamOwner)
 class Mux:
     """
-    Streams over one L{prokshy.link.session.Link}; the link's listener.
+    Streams over one L{prokshy.link.session.Link}; the link's listener, and
+    the L{IStreamOwner} of its streams.
 
     @param role: C{"host"} or C{"guest"}.
     @param openHandler: C{openHandler(stream) -> protocol}, called for a
@@ -52,6 +57,8 @@ class Mux:
         self._pending = {}
         self._nextId = 1 if role == "host" else 2
         self._blocked = {}
+        #: Remote opens whose handler answered with a Deferred: stream -> it.
+        self._accepting = {}
         self._upObservers = []
         self._downObservers = []
         self._refusedObservers = []
@@ -107,10 +114,10 @@ class Mux:
         self._blocked.clear()
         pending, self._pending = self._pending, {}
         streams, self.streams = self.streams, {}
-        for stream, d in pending.values():
+        for stream, protocol, d in pending.values():
             d.errback(failure)
         for stream in streams.values():
-            stream._end(failure)
+            stream.sessionEnded(failure)
         for cb in list(self._downObservers):
             cb(reason)
 
@@ -121,7 +128,7 @@ class Mux:
         while self._blocked and self.writable:
             stream = next(iter(self._blocked))
             del self._blocked[stream]
-            stream._flush()
+            stream.resumeSending()
 
     def frameReceived(self, frame):
         sid = frame.stream
@@ -137,17 +144,9 @@ class Mux:
         stream = self.streams.get(sid)
         if stream is None:
             if ftype not in (frames.RESET, frames.CLOSE, frames.WINDOW, frames.EOF):
-                self._sendFrame(
-                    frames.RESET, sid, encodeJSON({"code": "unknown-stream", "message": ""})
-                )
+                self.send(frames.RESET, sid, encodeJSON({"code": "unknown-stream", "message": ""}))
             return
-        if ftype == frames.RESET:
-            stream._reset(frame.payload)
-        elif stream.protocol is None:
-            # Not accepted yet: only a RESET is meaningful.
-            return
-        else:
-            stream._incoming(frame)
+        stream.frameReceived(frame)
 
     # -- opening ----------------------------------------------------------
 
@@ -167,21 +166,20 @@ class Mux:
         sid = self._nextId
         self._nextId += 2
         stream = Stream(self, sid, kind, args, self.window)
-        stream.protocol = protocol
         d = Deferred()
-        self._pending[sid] = (stream, d)
+        self._pending[sid] = (stream, protocol, d)
         body = dict(args)
         body["kind"] = kind
         body["window"] = self.window
         try:
-            self._sendFrame(frames.OPEN, sid, encodeJSON(body))
+            self.send(frames.OPEN, sid, encodeJSON(body))
         except BaseException:
             del self._pending[sid]  # an OPEN the link would not take
             raise
         return d
 
     def _openAnswered(self, frame):
-        stream, d = self._pending.pop(frame.stream)
+        stream, protocol, d = self._pending.pop(frame.stream)
         try:
             obj = decodeJSON(frame.payload)
         except ValueError:
@@ -192,8 +190,7 @@ class Mux:
             )
             return
         self.streams[stream.id] = stream
-        stream._granted(_window(obj))
-        stream.protocol.makeConnection(stream)
+        stream.accept(protocol, _window(obj))
         d.callback(stream)
 
     def _remoteOpen(self, frame):
@@ -232,26 +229,24 @@ class Mux:
         if isinstance(result, Deferred):
             # Accepted later (a relay waits for the far side); the id stays
             # reserved meanwhile.
-            stream._acceptPending = result
+            self._accepting[stream] = result
             result.addCallbacks(self._accept, self._openFailed, (stream, window), None, (stream,))
         else:
             self._accept(result, stream, window)
 
     def _accept(self, protocol, stream, window):
-        stream._acceptPending = None
+        self._accepting.pop(stream, None)
         if self.streams.get(stream.id) is not stream:
             # The session ended, or the peer reset the stream, meanwhile.
-            close = getattr(protocol, "connectionLost", None)
-            if close is not None:
-                close(Failure(StreamReset("reset", "the stream ended before it was accepted")))
+            protocol.connectionLost(
+                Failure(StreamReset("reset", "the stream ended before it was accepted"))
+            )
             return
-        stream.protocol = protocol
-        self._sendFrame(frames.ACCEPT, stream.id, encodeJSON({"window": self.window}))
-        stream._granted(window)
-        protocol.makeConnection(stream)
+        self.send(frames.ACCEPT, stream.id, encodeJSON({"window": self.window}))
+        stream.accept(protocol, window)
 
     def _openFailed(self, failure, stream):
-        stream._acceptPending = None
+        self._accepting.pop(stream, None)
         if self.streams.get(stream.id) is not stream:
             return None
         del self.streams[stream.id]
@@ -263,23 +258,29 @@ class Mux:
         return None
 
     def _refuse(self, sid, code, message):
-        self._sendFrame(frames.REFUSE, sid, encodeJSON({"code": code, "message": message}))
+        self.send(frames.REFUSE, sid, encodeJSON({"code": code, "message": message}))
 
-    # -- plumbing ---------------------------------------------------------
+    # -- IStreamOwner -------------------------------------------------------
 
-    def _sendFrame(self, ftype, sid, payload):
+    def send(self, ftype, sid, payload):
         if self.connected:
             self.link.send(ftype, sid, payload)
 
-    def _forget(self, stream):
+    def blocked(self, stream):
+        self._blocked[stream] = None
+
+    def forget(self, stream):
         self._blocked.pop(stream, None)
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
+        accepting = self._accepting.pop(stream, None)
+        if accepting is not None:
+            accepting.cancel()
 
 
 def _window(obj):
     w = obj.get("window")
-    if isinstance(w, int) and not isinstance(w, bool) and 0 < w <= 1 << 30:
+    if isinstance(w, int) and not isinstance(w, bool) and 0 < w <= MAX_CREDIT:
         return w
     return 65536
 
