@@ -14,12 +14,14 @@ from typing import Union
 
 from prokshy.execs.refusals import BAD_NAME, CommandRefused
 
-__all__ = ["NAME_PATTERN", "checkName"]
+__all__ = ["NAME_CHARS", "NAME_PATTERN", "checkName"]
 
+#: The characters of a command name, as a regular-expression class body.
+NAME_CHARS = "a-zA-Z0-9_.-"
 #: Valid command names (the original agent's C{^[a-zA-Z0-9_.-]+$}; C{\\Z},
 #: because C{$} also matches before a trailing newline).  C{.} and C{..}
 #: match but are refused by L{checkName}.
-NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]+\Z")
+NAME_PATTERN = re.compile("[%s]+\\Z" % (NAME_CHARS,))
 
 
 def checkName(name: Union[str, bytes]) -> str:

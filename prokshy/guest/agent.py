@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from prokshy.guest.execs import FEATURES
 from prokshy.lines.protocol import GuestLineProtocol
+from prokshy.execs.names import NAME_CHARS
 from prokshy.execs.refusals import CommandRefused
 from prokshy.link.session import MIN_PAYLOAD, MIN_WINDOW, Link, LinkConfig
 from prokshy.streams.mux import Mux
@@ -53,8 +54,8 @@ QUIET_PINGS = 3
 #: The longest line-protocol request that is looked for in framed input.
 _MAX_REQUEST_PROBE = 4096
 #: How a line-protocol request starts: blanks, then a command name (the
-#: name check of L{prokshy.guest.runner.CommandDirectory} follows).
-_REQUEST_START = re.compile(rb"[ \t]*([a-zA-Z0-9_.-]+)")
+#: name check of L{prokshy.guest.commands.CommandDirectory} follows).
+_REQUEST_START = re.compile(rb"[ \t]*([%s]+)" % (NAME_CHARS.encode("ascii"),))
 #: What may follow the name on its line: DATA after a space, or the end.
 _AFTER_NAME = b" \t\r\n"
 
