@@ -192,11 +192,21 @@ class GuestVM:
         sim, self.sim = self.sim, None
         return sim.stop() if sim is not None else defer.succeed(None)
 
+    def runDir(self):
+        """
+        The agent's C{--run-dir}: beside the VM's socket, so that tests
+        leave nothing outside their temporary directories.
+        """
+        return os.path.join(os.path.dirname(os.path.abspath(self.socketPath)), "run")
+
     def startAgent(self):
         from prokshy.tap import guest
 
         opts = guest.Options()
-        opts.parseOptions(["--device", self.deviceLink, "--command-dir", self.commandDir] + self.guestArgs)
+        opts.parseOptions(
+            ["--device", self.deviceLink, "--command-dir", self.commandDir, "--run-dir", self.runDir()]
+            + self.guestArgs
+        )
         self.agent = guest.makeService(opts, self.reactor)
         self.agent.startService()
         return self.agent
@@ -284,7 +294,9 @@ def vmMain(argv):
     sim = VMSim(reactor, socketPath, deviceLink, mode="bhyve")
     sim.start()
     opts = guest.Options()
-    opts.parseOptions(["--device", deviceLink, "--command-dir", commandDir] + list(argv[3:]))
+    # The record of running commands stays beside the VM's own files.
+    runDir = os.path.join(os.path.dirname(os.path.abspath(socketPath)), "run")
+    opts.parseOptions(["--device", deviceLink, "--command-dir", commandDir, "--run-dir", runDir] + list(argv[3:]))
     agent = guest.makeService(opts, reactor)
     agent.startService()
     reactor.addSystemEventTrigger("before", "shutdown", agent.stopService)
