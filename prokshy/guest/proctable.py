@@ -25,7 +25,9 @@ import signal
 import stat
 import subprocess
 import time
-from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+import attr
 
 from prokshy.guest.subreaper import FREEBSD, LINUX, isSubreaper
 
@@ -67,7 +69,8 @@ def systemUptime() -> Optional[float]:
     return None
 
 
-class Proc(NamedTuple):
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Proc:
     """
     One process: its parent, group, state letter (C{"Z"}: zombie) and start
     time in seconds since boot.
