@@ -52,6 +52,7 @@ the stream is closed.  There are no timers.  Every (state, input) pair is
 declared; an empty output list ignores the input on purpose (it is
 harmless there, too late, or cannot reach that state)::
 
+    state             input          -> new state         outputs
     closed            accept         -> closed            _alreadyAccepted
     closed            creditArrived  -> closed
     closed            deliverClose   -> closed
