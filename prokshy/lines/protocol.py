@@ -25,13 +25,15 @@ from twisted.python.failure import Failure
 from prokshy.execs.interfaces import ICommandRunner
 from prokshy.lines.legacy import LegacyHandler
 from prokshy.lines.loglimit import LogLimiter
+from prokshy.wire.channel import HELLO_PREFIX
 
-__all__ = ["GuestLineProtocol", "HELLO_PREFIX"]
+__all__ = ["GuestLineProtocol"]
 
 _log = Logger()
 
-#: The first byte of a framed-protocol hello line.
-HELLO_PREFIX = b"\xff"
+#: The first byte of a framed-protocol hello line (after its leading LF):
+#: a line starting with it is an upgrade, never a command.
+_HELLO_MARK = HELLO_PREFIX[:1]
 
 
 class GuestLineProtocol(LineReceiver):
@@ -183,7 +185,7 @@ class GuestLineProtocol(LineReceiver):
             self.handler.lineDiscarded()
 
     def lineReceived(self, line: bytes) -> Optional[Any]:
-        if line.startswith(HELLO_PREFIX):
+        if line.startswith(_HELLO_MARK):
             return self.helloLineReceived(line)
         self.handler.lineReceived(line)
         return None
