@@ -169,8 +169,9 @@ class ChannelDecoder:
                     self._state = self._HELLO
                     self._line = bytearray()
                 elif data[pos] == 0x0A:
+                    # An empty line (a hello line, then a PING's LF): a
+                    # boundary like any other, not damage.
                     pos += 1
-                    self._garbage(1)
                 else:
                     self._state = self._FRAMES
             else:
