@@ -156,7 +156,7 @@ class BhyvePolicy:
         if kept:
             accepted = b"".join(kept)
             sim.counters.bytesToGuest += len(accepted)
-            sim.pty.master.write(accepted)
+            sim.pty.feed(accepted)
 
     def noClient(self, data: bytes) -> None:
         self.sim.counters.noClientDropped += len(data)

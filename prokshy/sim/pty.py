@@ -17,6 +17,16 @@ that C{FIONREAD} does not show, so everything written to the pty since
 C{FIONREAD} last showed a buffer that was not full counts as unread.  In
 canonical (cooked) mode C{FIONREAD} counts complete lines only, so the
 estimate is rougher there; the kernel then discards overlong lines itself.
+
+That upper bound only stays close to the truth if little is written while
+the buffer is full: otherwise it grows with every byte the guest reads and
+the kernel refills, and the simulator drops bytes that the real queue would
+have held (a host that kept 12 KiB in flight was seen as 22 KiB).  So host
+bytes meant for the guest (L{GuestPty.feed}) wait in the simulator and go
+to the pty only while the line discipline's buffer is not full, at most
+L{FEED_AHEAD} bytes beyond what it has room for; they are counted as
+unread all along.  They move on whenever the guest writes, more host bytes
+arrive, or every L{FEED_POLL} seconds while some wait.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import fcntl
 import os
 import struct
 import termios
+from collections import deque
 from typing import Any, Callable, Set
 
 from twisted.internet import abstract, fdesc, main as _main
@@ -41,6 +52,16 @@ READ_SIZE = 65536
 #: Linux's N_TTY buffer is 4096 bytes; at or above this many unread bytes it
 #: may be full, and then the kernel holds more input that FIONREAD does not count.
 _TTY_FULL_MARK = 3072
+
+#: Linux's N_TTY buffer holds this many bytes at most.
+_TTY_BUFFER = 4095
+
+#: How far beyond the line discipline's free room L{GuestPty.feed} fills the
+#: kernel (its flip buffers, which FIONREAD does not show).
+FEED_AHEAD = 2048
+
+#: While fed bytes wait, how often to look whether the guest has read.
+FEED_POLL = 0.001
 
 _log = Logger()
 
@@ -173,12 +194,59 @@ class GuestPty:
         """
         master, slave = os.openpty()
         os.set_blocking(master, False)
+        self._reactor = reactor
         self._slave = slave
+        self._dataReceived = dataReceived
         self.path = os.ttyname(slave)
-        self.master = PtyMaster(reactor, master, dataReceived)
+        self.master = PtyMaster(reactor, master, self._guestWrote)
         self.master.bufferSize = bufferSize
         self.master.startReading()
         self._consumedMark = 0
+        self._fed = deque()
+        self._fedBytes = 0
+        self._feedCall = None
+
+    def _guestWrote(self, data: bytes) -> None:
+        self._dataReceived(data)
+        if self._fedBytes:
+            # The guest is running: it may have read too.
+            self._feed()
+
+    def feed(self, data: bytes) -> None:
+        """
+        Hand host bytes to the guest, paced so that L{unread} stays close
+        to the truth (see the module docstring).
+        """
+        if data:
+            self._fed.append(data)
+            self._fedBytes += len(data)
+            self._feed()
+
+    def _feed(self) -> None:
+        if self._feedCall is not None and self._feedCall.active():
+            self._feedCall.cancel()
+        self._feedCall = None
+        if self._slave < 0:
+            return
+        if self._fed and self.master.pending == 0:
+            inq = unreadInput(self._slave)
+            if inq < _TTY_BUFFER:
+                # Not full: the kernel holds nothing FIONREAD does not show.
+                self._consumedMark = self.master.bytesWritten - inq
+                room = _TTY_BUFFER - inq + FEED_AHEAD
+                pieces = []
+                while self._fed and room > 0:
+                    piece = self._fed.popleft()
+                    if len(piece) > room:
+                        self._fed.appendleft(piece[room:])
+                        piece = piece[:room]
+                    pieces.append(piece)
+                    room -= len(piece)
+                data = b"".join(pieces)
+                self._fedBytes -= len(data)
+                self.master.write(data)
+        if self._fed:
+            self._feedCall = self._reactor.callLater(FEED_POLL, self._feed)
 
     def unread(self) -> int:
         """
@@ -192,12 +260,17 @@ class GuestPty:
             inKernel = inq
         else:
             inKernel = max(inq, written - self._consumedMark)
-        return inKernel + self.master.pending
+        return inKernel + self.master.pending + self._fedBytes
 
     def close(self) -> None:
         """
         Close the master and the slave.
         """
+        if self._feedCall is not None and self._feedCall.active():
+            self._feedCall.cancel()
+        self._feedCall = None
+        self._fed.clear()
+        self._fedBytes = 0
         self.master.close()
         if self._slave >= 0:
             os.close(self._slave)
