@@ -9,8 +9,11 @@ import json
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from prokshy.link import reliable
+from prokshy.link.interfaces import ILinkAuthorizer, ILinkListener
 from prokshy.link.reliable import (
     SEQ_MOD,
     Receiver,
@@ -37,11 +40,13 @@ from tests.channel import LinkPair, deterministicNonces
 TTY_QUEUE = 23 * 1024
 
 
+@implementer(ILinkListener, ILinkAuthorizer)
 class Recorder:
     """
     A link listener that records what happens, and sends whatever is put in
     C{outgoing} as DATA frames of the link's current payload size whenever
-    the link is writable.
+    the link is writable.  As an authorizer, it refuses every hello with
+    C{refuse} (if set).
     """
 
     def __init__(self, refuse=None):
@@ -361,12 +366,14 @@ class HandshakeTests(LinkTestCase):
 
     def test_authorizeRefuses(self):
         """
-        A guest listener's C{authorize} can refuse a hello; the host learns
-        why and stops.
+        A guest link's authorizer can refuse a hello; the host learns why
+        and stops.
         """
         h, g = Recorder(), Recorder(refuse="bad token")
         pair = LinkPair(h, g, LinkConfig(auth="t0k"))
         self.addCleanup(pair.stop)
+        verifyObject(ILinkAuthorizer, g)
+        pair.guest.authorizer = g
         pair.guest.start()
         pair.host.start()
         pair.run(duration=5)
@@ -438,8 +445,8 @@ class SessionLifeTests(LinkTestCase):
 
     def test_guestRestart(self):
         """
-        A new guest Link (the agent restarted) is found by the host's hello
-        probes: the old session's streams end with L{SessionEnded} and a new
+        A new guest Link (the agent restarted) is found by the host's
+        re-hellos: the old session's streams end with L{SessionEnded} and a new
         session starts, well before the peer would be declared dead.
         """
         pair, hostMux, guestMux = self._muxPair()
@@ -453,7 +460,7 @@ class SessionLifeTests(LinkTestCase):
         elapsed = pair.clock.seconds() - start
         self.assertLess(elapsed, pair.host.config.deadAfter)
         config = pair.host.config
-        self.assertGreaterEqual(elapsed, config.probeAfter - config.pingInterval)
+        self.assertGreaterEqual(elapsed, config.rehelloAfter - config.pingInterval)
         for p in protocols:
             p.reason.trap(SessionEnded)
             self.assertIn("guest restarted", str(p.reason.value))
@@ -544,10 +551,11 @@ class SessionLifeTests(LinkTestCase):
         self.assertGreater(pair.host.stats["frames_out"], 200)
         self.assertLess(pair.host.stats["frames_out"], 260)
 
-    def test_probes(self):
+    def test_rehellos(self):
         """
-        When the guest has been silent for C{probeAfter}, the host sends
-        hello probes with the same nonce; an answer keeps the session.
+        When the guest has been silent for C{rehelloAfter}, the host sends
+        its hello again (re-hellos) with the same nonce; an answer keeps
+        the session.
         """
         pair, h, g = self.connected()
         hellos = []
@@ -560,7 +568,7 @@ class SessionLifeTests(LinkTestCase):
         start = pair.clock.seconds()
         pair.run(duration=5)
         self.assertGreaterEqual(len(hellos), 2)
-        self.assertGreaterEqual(hellos[0][0] - start, pair.host.config.probeAfter - 1.0)
+        self.assertGreaterEqual(hellos[0][0] - start, pair.host.config.rehelloAfter - 1.0)
         for _, line in hellos:
             [hello] = ChannelDecoder().feed(line)
             self.assertEqual(hello["nonce"], pair.host.info.localNonce)
@@ -711,7 +719,7 @@ class DeliveryTests(LinkTestCase):
         """
         Record every time the host writes DATA frame C{seq}: (clock time,
         whether the host was handling bytes from the guest at that moment,
-        i.e. reacting to an acknowledgement rather than to a timer).
+        i.e. reacting to the guest's answer rather than to a timer).
         """
         flag = DeliveryFlag(pair.host)
         pair.channel.host.receiver = flag
@@ -724,23 +732,50 @@ class DeliveryTests(LinkTestCase):
         pair.channel.host.observers.append(observe)
         return sends
 
+    def _watchCheckpoints(self, pair):
+        """
+        Record every checkpoint the host writes (a PING written by its
+        retransmission timer rather than its ping timer): (clock time,
+        whether it was written while handling the guest's bytes).
+        """
+        flag = pair.channel.host.receiver
+        checkpoints = []
+        seen = [pair.host.stats["checkpoints"]]
+
+        def observe(data):
+            if pair.host.stats["checkpoints"] != seen[0]:
+                seen[0] = pair.host.stats["checkpoints"]
+                self.assertIn(frames.PING, [f.type for f in framesOf(data)])
+                checkpoints.append((pair.clock.seconds(), flag.active))
+
+        pair.channel.host.observers.append(observe)
+        return checkpoints
+
     def test_tailLossByTimer(self):
         """
-        The last frame of a burst, lost, is resent when a timer fires:
-        nothing after it reveals the gap to the receiver.
+        The last frame of a burst, lost, is found when the retransmission
+        timer fires (nothing after it reveals the gap to the receiver): the
+        timer writes a checkpoint, a PING behind the frame, and the guest's
+        PONG shows that it read past the frame without it.  The frame is
+        resent on that proof, once.
         """
         pair, h, g = self.connected(latency=0.01)
         pair.run(duration=2)
         last = pair.host.sender.nextSeq + 4
         sends = self._watch(pair, last)
+        checkpoints = self._watchCheckpoints(pair)
         pair.channel.host.tamper = dropping(lambda f: f.type == frames.DATA and f.seq == last)
         for p in payloads(5):
             pair.host.send(frames.DATA, 1, p)
         pair.run(until=lambda: len(g.frames) == 5, duration=10)
         self.assertEqual([f.payload for f in g.frames], payloads(5))
         self.assertEqual(len(sends), 2)
-        (first, _), (again, byAck) = sends
-        self.assertFalse(byAck)
+        (first, _), (again, byAnswer) = sends
+        [(checked, byTimer)] = [(t, not active) for t, active in checkpoints]
+        self.assertTrue(byTimer)
+        self.assertTrue(first < checked < again)
+        self.assertTrue(byAnswer)
+        self.assertAlmostEqual(again - checked, 0.02)  # the checkpoint's round trip
         self.assertGreaterEqual(again - first, 0.02)  # at least a round trip
         self.assertLessEqual(again - first, 1.0)
         self.assertEqual(pair.guest.receiver.gaps, 0)
@@ -750,12 +785,13 @@ class DeliveryTests(LinkTestCase):
         """
         When the first resend of a lost last frame is lost too, the
         retransmission timer (at least C{rtoMin} after the first send)
-        recovers it.
+        writes another checkpoint, whose answer has it resent again.
         """
         pair, h, g = self.connected(latency=0.01)
         pair.run(duration=2)
         last = pair.host.sender.nextSeq + 4
         sends = self._watch(pair, last)
+        checkpoints = self._watchCheckpoints(pair)
         pair.channel.host.tamper = dropping(
             lambda f: f.type == frames.DATA and f.seq == last, times=2
         )
@@ -764,10 +800,14 @@ class DeliveryTests(LinkTestCase):
         pair.run(until=lambda: len(g.frames) == 5, duration=10)
         self.assertEqual([f.payload for f in g.frames], payloads(5))
         self.assertEqual(len(sends), 3)
-        self.assertFalse(sends[2][1])
+        self.assertEqual([active for _, active in checkpoints], [False, False])
+        self.assertTrue(sends[1][0] < checkpoints[1][0] < sends[2][0])
+        self.assertTrue(sends[2][1])
         self.assertGreaterEqual(sends[2][0] - sends[0][0], pair.host.config.rtoMin)
+        self.assertGreaterEqual(checkpoints[1][0] - sends[1][0], pair.host.config.rtoMin)
         self.assertLessEqual(sends[2][0] - sends[0][0], pair.host.config.rtoMax)
         self.assertEqual(pair.guest.receiver.gaps, 0)
+        self.assertEqual(pair.host.stats["retransmits"], 2)
 
     def test_middleLossBySack(self):
         """
@@ -795,12 +835,13 @@ class DeliveryTests(LinkTestCase):
 
     def test_lostAckAtTail(self):
         """
-        When the acknowledgement of the last frames is lost, the
-        retransmission that follows is acknowledged again at once: the
-        sender does not keep resending until the receiver happens to send a
-        ping.
+        When the acknowledgement of the last frames is lost, the checkpoint
+        the retransmission timer writes is answered with the current
+        acknowledgement at once: nothing is resent (the frame was not
+        lost), and the sender does not wait until the receiver happens to
+        send a ping.
         """
-        config = LinkConfig(pingInterval=5.0, deadAfter=30.0, probeAfter=10.0)
+        config = LinkConfig(pingInterval=5.0, deadAfter=30.0, rehelloAfter=10.0)
         pair, h, g = self.connected(config, LinkConfig(pingInterval=5.0, deadAfter=30.0))
         pair.run(duration=6)
         lost = []
@@ -811,7 +852,8 @@ class DeliveryTests(LinkTestCase):
         self.assertEqual(len(lost), 1)
         self.assertEqual(len(g.frames), 1)
         self.assertLess(pair.clock.seconds() - start, 1.5)
-        self.assertEqual(pair.host.stats["retransmits"], 1)
+        self.assertEqual(pair.host.stats["checkpoints"], 1)
+        self.assertEqual(pair.host.stats["retransmits"], 0)
 
     def test_adaptivePayload(self):
         """
@@ -964,6 +1006,11 @@ class ReliableTests(unittest.SynchronousTestCase):
         self.assertEqual(s.pending, 10)
 
     def test_senderAcrossWrap(self):
+        """
+        Across the sequence wrap: SACK ranges mark the frames the peer
+        holds, the frames before them that the peer has read past are found
+        lost and their copies go first, and a cumulative ack retires frames.
+        """
         s = Sender(window=10000)
         s.nextSeq = SEQ_MOD - 2
         encode = lambda item: b"x"
@@ -971,13 +1018,33 @@ class ReliableTests(unittest.SynchronousTestCase):
             s.enqueue(frames.DATA, 1, b"y")
         s.takeSendable(encode, 0.0)
         self.assertEqual([i.seq for i in s.unacked], [SEQ_MOD - 2, SEQ_MOD - 1, 0, 1, 2])
-        # Frames 0 and 1 (after the wrap) are held by the peer.
-        self.assertEqual(s.sack([(0, 2)]), 1)
-        self.assertEqual(s.holes(1, 1.0, 0.5, encode), [b"x", b"x"])
-        self.assertEqual(s.retransmitAll(2.0, encode), [b"x", b"x", b"x"])
+        self.assertEqual([i.firstEnd for i in s.unacked], [1, 2, 3, 4, 5])
+        # Frames 0 and 1 (after the wrap) are held by the peer, so it read
+        # past the two before them: they were lost.
+        self.assertEqual(s.sack([(0, 2)]), 2)
+        self.assertEqual(s.consumed, 4)
+        self.assertEqual(s.detectLoss(), 2)
+        self.assertEqual(s.detectLoss(), 0)
+        s.enqueue(frames.DATA, 1, b"y")
+        self.assertEqual(s.takeSendable(encode, 1.0), [b"x", b"x", b"x"])
+        self.assertEqual([(i.seq, i.copies, i.lastEnd) for i in s.unacked][:2],
+                         [(SEQ_MOD - 2, 2, 6), (SEQ_MOD - 1, 2, 7)])
+        self.assertEqual(s.unacked[-1].seq, 3)
+        self.assertEqual(s.retransmits, 2)
+        # Reading through offset 5 passes frame 2 (its only copy ends there)
+        # but not the copies, which end at 6 and 7.
+        s.readThrough(5)
+        self.assertEqual(s.detectLoss(), 1)
+        self.assertEqual([i.lost for i in s.unacked], [False, False, False, False, True, False])
+        s.readThrough(7)
+        self.assertEqual(s.detectLoss(), 2)
         self.assertEqual(s.acknowledge(1), 3)
-        self.assertEqual(s.unacked[0].seq, 1)
-        self.assertEqual(s.retransmits, 5)
+        self.assertEqual([i.seq for i in s.unacked], [1, 2, 3])
+        self.assertEqual(s.lostCount, 1)
+        self.assertEqual(s.takeSendable(encode, 2.0), [b"x"])
+        self.assertEqual(s.retransmits, 3)
+        self.assertEqual(s.lostCount, 0)
+        self.assertEqual((s.written, s.consumed, s.inflight), (9, 7, 2))
 
 
 class OutOfOrderBoundTests(unittest.SynchronousTestCase):
@@ -1136,7 +1203,7 @@ class LimitsTests(LinkTestCase):
 
 
 class IncompatibleGuestTests(LinkTestCase):
-    def test_restartWithoutCommonVersionKeepsProbing(self):
+    def test_restartWithoutCommonVersionKeepsSayingHello(self):
         """
         A guest that restarts speaking no version the host knows ends the
         session, and the host goes on saying hello (issue 7, section 9), so
@@ -1202,7 +1269,7 @@ class QuietTests(LinkTestCase):
         pair, h, g = self.quietPair(hostPing=0.2)
         pair.run(duration=0.1)
         pair.host.stop()
-        lastHeard = pair.guest._lastHeard
+        lastHeard = pair.guest.lastHeard
         pair.run(duration=lastHeard + 0.59 - pair.clock.seconds())
         self.assertFalse(pair.guest.quiet)
         pair.run(duration=0.02)
@@ -1233,7 +1300,7 @@ class QuietTests(LinkTestCase):
     def test_hostNeverQuiet(self):
         """
         Without C{quietPings} (the host, by default) a link never goes
-        quiet: it keeps probing for a restarted guest.
+        quiet: it keeps saying hello for a restarted guest.
         """
         pair, h, g = self.connected()
         pair.guest.stop()

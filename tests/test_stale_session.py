@@ -60,7 +60,7 @@ def hostConfig(pingInterval=1.0):
         maxPayload=HOST_PAYLOAD,
         pingInterval=pingInterval,
         deadAfter=max(8.0, 2 * pingInterval),
-        probeAfter=max(1.5, pingInterval + 1),
+        rehelloAfter=max(1.5, pingInterval + 1),
     )
 
 

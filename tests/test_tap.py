@@ -406,7 +406,7 @@ class HostKeepaliveOptionsTests(SynchronousTestCase):
         top = host.makeService(options, _FakeReactor())
         for vm in top.daemon.vms.values():
             self.assertEqual((vm.linkConfig.pingInterval, vm.linkConfig.deadAfter), (0.5, 3.0))
-            self.assertEqual(vm.linkConfig.probeAfter, 1.5)
+            self.assertEqual(vm.linkConfig.rehelloAfter, 1.5)
 
     def test_defaults(self):
         options = host.Options()

@@ -47,6 +47,7 @@ from prokshy._version import __version__
 from prokshy.lines.loglimit import LogLimiter
 from prokshy.host.relay import relay
 from prokshy.host.vm import VMUnavailable
+from prokshy.link.interfaces import ILinkAuthorizer
 from prokshy.link.session import Link, LinkConfig
 from prokshy.streams.mux import Mux
 from prokshy.streams.stream import StreamRefused, encodeJSON
@@ -69,9 +70,10 @@ class StatusProtocol(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(ILinkAuthorizer)
 class FramedClient(Protocol):
     """
-    A framed client: the daemon is its guest.
+    A framed client: the daemon is its guest, and authorizes its hello.
     """
 
     log = Logger()
@@ -80,7 +82,6 @@ class FramedClient(Protocol):
         self.daemon = daemon
         self.policy = policy
         self.mux = Mux("guest", openHandler=self._open, window=CLIENT_WINDOW)
-        self.mux.authorize = self._authorize
         self.mux.whenDown(self._down)
         if onSession is not None:
             self.mux.whenUp(lambda info: onSession())
@@ -96,10 +97,12 @@ class FramedClient(Protocol):
             features=(),
             extra={"agent": "prokshy-host"},
         )
-        self.link = Link(self.daemon.reactor, self.transport.write, "guest", self.mux, config)
+        self.link = Link(
+            self.daemon.reactor, self.transport.write, "guest", self.mux, config, authorizer=self
+        )
         self.link.start()
 
-    def _authorize(self, hello):
+    def authorize(self, hello):
         token = self.daemon.token
         if token is not None and self.policy.requireToken:
             given = hello.get("auth")

@@ -1,17 +1,28 @@
 # -*- test-case-name: tests.test_link -*-
 """
 Selective-repeat reliability for sequenced frames: sequence numbers,
-cumulative and selective acknowledgements, a bound on the bytes in flight,
-and retransmission.
+cumulative and selective acknowledgements, a bound on what may sit unread
+in the peer's input queue, and the rule that says a frame was lost.
 
 The channel may lose, corrupt or duplicate bytes but never reorders them.
 The receiver delivers only the next expected sequence number, keeps frames
 that arrive after a gap (at most the window it advertises, in bytes, and
 at most L{MAX_OUT_OF_ORDER} of them), and reports them in SACK ranges so the
 sender resends only what is missing; a frame that does not fit is dropped
-as if it had been lost.  Duplicates
-are dropped.  Nothing here knows about time or I/O beyond the timestamps it
-is given.
+as if it had been lost.  Duplicates are dropped.
+
+The sender counts every byte it writes toward the peer (L{Sender.written}:
+frames as escaped on the wire, resent copies, ACK, PING and PONG frames,
+hello lines) and learns from the peer's answers how far the peer has read
+(L{Sender.consumed}).  Because bytes are never reordered, an answer to
+something we wrote at offset C{n} means the peer has read (or lost)
+everything we wrote before C{n}.  The difference is what may still wait
+in the peer's queue, and it is what the window bounds.  The same offsets
+prove loss: a frame is resent only once the peer has read past its last
+copy without acknowledging or holding it.  A channel that loses nothing
+therefore never sees a retransmission, however slowly the peer reads.
+
+Nothing here knows about time or I/O beyond the timestamps it is given.
 """
 
 import struct
@@ -52,34 +63,80 @@ def decodeSack(payload):
 
 @attr.s(slots=True)
 class _Outgoing:
+    """
+    A sequenced frame, queued or in flight.
+
+    @ivar size: wire bytes of its last copy.
+    @ivar firstEnd: L{Sender.written} just after its first copy.
+    @ivar lastEnd: L{Sender.written} just after its last copy.
+    @ivar sentAt: when its first copy was written.
+    @ivar copies: how many copies were written.
+    @ivar sacked: the peer holds it out of order.
+    @ivar lost: proven lost (the peer read past its last copy without it),
+        waiting to be resent.
+    """
+
     seq = attr.ib()
     type = attr.ib()
     stream = attr.ib()
     payload = attr.ib()
     size = attr.ib(default=0)
+    firstEnd = attr.ib(default=0)
+    lastEnd = attr.ib(default=0)
     sentAt = attr.ib(default=0.0)
+    copies = attr.ib(default=0)
     sacked = attr.ib(default=False)
+    lost = attr.ib(default=False)
+
+
+def reserveFor(window):
+    """
+    The part of a window kept for unsequenced frames (ACK, PING, PONG,
+    hellos): sequenced frames use the rest.
+    """
+    return window // 8
 
 
 class Sender:
     """
-    The sending half: a queue of frames waiting for room in the window, and
-    the frames in flight (consecutive sequence numbers).
+    The sending half: a queue of frames waiting for room in the window, the
+    frames in flight (consecutive sequence numbers), and the byte ledger of
+    everything written toward the peer.
 
-    @ivar window: the most bytes (as encoded on the wire) in flight at once.
+    Invariants: C{consumed <= written}; every frame in C{unacked} has
+    C{firstEnd <= lastEnd <= written}; C{lost} frames are neither sacked
+    nor acknowledged, and their last copy ends at or before C{consumed}.
+
+    @ivar window: the peer's window: the most bytes that may wait unread
+        in its queue.
+    @ivar reserve: the part of the window sequenced frames leave to the
+        others (see L{reserveFor}).
+    @ivar written: bytes written toward the peer this session.
+    @ivar consumed: the peer has read (or lost) everything written before
+        this offset.
+    @ivar retransmits: copies written of frames proven lost.
+    @ivar sent: frames written once.
     """
 
-    def __init__(self, window):
+    def __init__(self, window, reserve=0):
         self.window = window
+        self.reserve = reserve
         self.nextSeq = 0
         self.queue = deque()
         self.unacked = deque()
-        self.inflight = 0
+        self.written = 0
+        self.consumed = 0
         self.retransmits = 0
         self.sent = 0
+        self.lostCount = 0
 
-    def enqueue(self, ftype, stream, payload):
-        self.queue.append(_Outgoing(None, ftype, stream, payload))
+    @property
+    def inflight(self):
+        """
+        Bytes that may wait unread in the peer's queue: everything written
+        that the peer is not known to have read.
+        """
+        return self.written - self.consumed
 
     @property
     def pending(self):
@@ -88,106 +145,147 @@ class Sender:
         """
         return len(self.queue) + len(self.unacked)
 
+    @property
+    def room(self):
+        """
+        Bytes of sequenced frames that may be written now.
+        """
+        return self.window - self.reserve - self.inflight
+
+    def wrote(self, n):
+        """
+        Count C{n} bytes of something other than a sequenced frame written
+        toward the peer (a hello line, an ACK, PING or PONG).
+
+        @return: the offset just after them.
+        """
+        self.written += n
+        return self.written
+
+    def enqueue(self, ftype, stream, payload):
+        self.queue.append(_Outgoing(None, ftype, stream, payload))
+
+    def _write(self, item, wire, now):
+        self.written += len(wire)
+        item.size = len(wire)
+        item.lastEnd = self.written
+        item.copies += 1
+        if item.copies == 1:
+            item.firstEnd = self.written
+            item.sentAt = now
+
     def takeSendable(self, encode, now):
         """
-        Move frames from the queue into flight while the window allows (one
-        frame always fits into an empty window).
+        Take the frames that may be written now, in order: first the copies
+        of frames proven lost, then new frames, while they fit the room left
+        in the window.  A frame that fits no window (bigger than all of it)
+        goes when it would be the only one in flight.
 
         @param encode: C{encode(outgoing) -> bytes}, the wire form.
-        @return: the list of wire byte strings to write.
+        @return: the list of wire byte strings to write, at once and in
+            this order (their offsets are counted as written).
         """
         out = []
+        if self.lostCount:
+            for item in self.unacked:
+                if not item.lost:
+                    continue
+                wire = encode(item)
+                if len(wire) > self.room and len(self.unacked) > 1:
+                    return out
+                item.lost = False
+                self.lostCount -= 1
+                self._write(item, wire, now)
+                self.retransmits += 1
+                out.append(wire)
         while self.queue:
             item = self.queue[0]
             if item.seq is None:
                 item.seq = self.nextSeq
             wire = encode(item)
-            if self.unacked and self.inflight + len(wire) > self.window:
+            if self.unacked and len(wire) > self.room:
                 break
             self.queue.popleft()
             self.nextSeq = (self.nextSeq + 1) % SEQ_MOD
-            item.size = len(wire)
-            item.sentAt = now
-            self.inflight += item.size
+            self._write(item, wire, now)
             self.unacked.append(item)
             self.sent += 1
             out.append(wire)
         return out
 
+    def _readPast(self, offset):
+        if offset > self.consumed:
+            self.consumed = offset
+
     def acknowledge(self, ack):
         """
-        Retire the frames the peer has acknowledged (all before C{ack}).
+        Retire the frames the peer has acknowledged (all before C{ack}): the
+        peer has read at least through the first copy of each.
 
         @return: how many were retired.
         """
         n = 0
-        while self.unacked and seqDiff(ack, self.unacked[0].seq) > 0:
-            item = self.unacked.popleft()
-            self.inflight -= item.size
+        unacked = self.unacked
+        while unacked and seqDiff(ack, unacked[0].seq) > 0:
+            item = unacked.popleft()
+            if item.lost:
+                self.lostCount -= 1
+            self._readPast(item.firstEnd)
             n += 1
         return n
 
     def sack(self, ranges):
         """
-        Mark the frames the peer holds out of order.
+        Mark the frames the peer holds out of order: it has read at least
+        through the first copy of each.
 
-        @return: the highest sequence number marked, or None.
+        @return: how many were newly marked.
         """
         if not self.unacked:
-            return None
+            return 0
         first = self.unacked[0].seq
         count = len(self.unacked)
-        highest = None
+        marked = 0
         for start, end in ranges:
             lo = max(seqDiff(start, first), 0)
             hi = min(seqDiff(end, first), count)
             for i in range(lo, hi):
-                self.unacked[i].sacked = True
-                highest = i
-        return None if highest is None else self.unacked[highest].seq
+                item = self.unacked[i]
+                if not item.sacked:
+                    item.sacked = True
+                    marked += 1
+                    if item.lost:
+                        item.lost = False
+                        self.lostCount -= 1
+                    self._readPast(item.firstEnd)
+        return marked
 
-    def holes(self, below, now, minAge, encode):
+    def readThrough(self, offset):
         """
-        Re-encode the frames in flight, not held by the peer, sent before
-        C{below} and not (re)sent within C{minAge}.
+        The peer answered something we wrote just before C{offset} (a PONG
+        answering our PING): it has read, or lost, everything before it.
         """
-        out = []
-        if not self.unacked or below is None:
-            return out
-        first = self.unacked[0].seq
-        limit = seqDiff(below, first)
-        for i, item in enumerate(self.unacked):
-            if i >= limit:
-                break
-            if not item.sacked and now - item.sentAt >= minAge:
-                item.sentAt = now
-                out.append(encode(item))
-        self.retransmits += len(out)
-        return out
+        self._readPast(min(offset, self.written))
 
-    def retransmitAll(self, now, encode):
+    def detectLoss(self):
         """
-        Re-encode every frame in flight that the peer does not hold.
+        Mark as lost every frame in flight whose last copy the peer has read
+        past (it ends at or before L{consumed}) without acknowledging or
+        holding it.  Only frames whose first copy ends there can qualify,
+        and those come first, so the scan stops at the first that does not.
+
+        @return: how many frames were newly found lost.
         """
-        out = []
+        found = 0
+        consumed = self.consumed
         for item in self.unacked:
-            if not item.sacked:
-                item.sentAt = now
-                out.append(encode(item))
-        self.retransmits += len(out)
-        return out
-
-    def probe(self, now, encode):
-        """
-        Re-encode the newest frame in flight that the peer does not hold,
-        or return None.
-        """
-        for item in reversed(self.unacked):
-            if not item.sacked:
-                item.sentAt = now
-                self.retransmits += 1
-                return encode(item)
-        return None
+            if item.firstEnd > consumed:
+                break
+            if not item.sacked and not item.lost and item.lastEnd <= consumed:
+                item.lost = True
+                self.lostCount += 1
+                found += 1
+        return found
 
 
 def frameSize(frame):

@@ -1,59 +1,50 @@
 # -*- test-case-name: tests.test_link -*-
 """
-One prokshy session over one byte channel.
+One prokshy session over one byte channel: L{Link}, the object the layers
+above use.  It is a façade over the link's parts:
 
-States and transitions (the host side opens, the guest side answers)::
-
-    state        event                                   next         action
-    -----------  --------------------------------------  -----------  ---------------------------------
-    IDLE         host: start()                           HELLO        send hello (new nonce), every
-                                                                      helloInterval until answered
-    IDLE         guest: hello from a host                UP           new nonce, answer hello, linkUp
-    HELLO        guest hello answering our nonce         UP           linkUp
-    HELLO        guest hello answering another nonce     HELLO        ignore (stale, or our own echo)
-    UP           guest: hello with the same host nonce   UP           answer again (our answer was lost)
-    UP           guest: hello with a new host nonce      UP           linkDown(host restarted), new
-                                                                      session, answer, linkUp
-    UP           host: guest hello with a new nonce      UP           linkDown(guest restarted), linkUp
-    UP           host: silent for probeAfter             UP           send hello probes (same nonce)
-    UP           guest: silent for quietPings peer pings UP (quiet)   send nothing of our own (no pings,
-                                                                      retransmissions or new frames)
-                                                                      until the peer is heard again
-    UP           host: guest hello, no common version    HELLO        linkDown(guest restarted), new
-                 or limits below the minimums                         nonce, go on probing
-    UP           endSession(reason)                      IDLE/HELLO   linkDown(reason); host restarts
-    UP           silent for deadAfter                    IDLE/HELLO   linkDown(peer silent); the host
-                                                                      starts over with a new nonce
-    UP           GOODBYE received                        IDLE/HELLO   linkDown(goodbye); host restarts
-    any          stop()                                  STOPPED      cancel timers, linkDown if UP
+    part                          module
+    ----------------------------  -----------------------------------------
+    sessions: hello, up, ended    L{prokshy.link.lifecycle} (the state
+                                  machines and their transition tables)
+    what a hello says             L{prokshy.link.handshake}
+    keepalive timers, PING/PONG   L{prokshy.link.keepalive}
+    a session's sequenced frames  L{prokshy.link.retransmit} (the
+    (acks, loss, resends, sizes)  retransmission timer, L{Delivery}) over
+                                  L{prokshy.link.reliable} (the window)
+    its collaborators             L{prokshy.link.interfaces}
 
 Every frame carries the session tag (CRC-32 of both nonces), so frames from an
 earlier session, stale in the channel, are dropped.  Sequenced frames are
-delivered to the listener exactly once and in order (L{prokshy.link.reliable}).
+delivered to the listener exactly once and in order.
+
+Everything the link writes toward the peer, hello lines and unsequenced
+frames included, counts against the window the peer advertised until the
+peer is known to have read it (L{prokshy.link.reliable.Sender}); a frame is
+resent only once the peer has read past it without it.
 """
 
 import os
-import struct
-import zlib
 
 import attr
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from prokshy._version import __version__
-from prokshy.link.reliable import Receiver, Sender, decodeSack, encodeOutgoing, encodeSack
+from prokshy.link import handshake
+from prokshy.link.handshake import (  # noqa: F401 (the link's public names)
+    DEFAULT_PEER_PING,
+    MIN_PAYLOAD,
+    MIN_WINDOW,
+    PROTOCOL_VERSIONS,
+    SessionInfo,
+    sessionTag,
+)
+from prokshy.link.interfaces import ACCEPT_ALL, ILink
+from prokshy.link.keepalive import Pinger
+from prokshy.link.lifecycle import ISessionCore, lifecycleFor
+from prokshy.link.retransmit import Delivery, IDeliveryOwner
 from prokshy.wire import frames
 from prokshy.wire.channel import ChannelDecoder, encodeHello
-
-PROTOCOL_VERSIONS = (1,)
-_PING = struct.Struct(">Qd")
-#: The smallest C{max_payload} and C{window} a peer may advertise: a hello
-#: below them is refused (a guest answers with an error, a host ignores the
-#: answer), because the control payloads (OPEN, REFUSE, EXIT) must fit in
-#: one frame and a window must hold a few of them.
-MIN_PAYLOAD = 256
-MIN_WINDOW = 1024
-#: Assumed when a peer's hello does not say how often it pings.
-DEFAULT_PEER_PING = 1.0
 
 
 class SessionEnded(Exception):
@@ -78,13 +69,18 @@ class NotConnected(Exception):
 @attr.s
 class LinkConfig:
     """
-    @ivar window: bytes in flight the peer may send toward us (advertised).
+    @ivar window: bytes the peer may have written toward us and we not read
+        yet (advertised).
     @ivar maxPayload: the largest payload we accept (advertised).
-    @ivar sendWindow: our own cap on bytes in flight toward the peer.
+    @ivar sendWindow: our own cap on the window toward the peer.
     @ivar pingInterval: seconds between keepalive pings.
     @ivar deadAfter: seconds of silence after which the peer is dead.
-    @ivar probeAfter: host only: seconds of silence before re-sending hellos.
+    @ivar rehelloAfter: host only: seconds of silence after which we say
+        hello again (then every C{helloInterval}), so that a restarted
+        guest answers with a new nonce.
     @ivar helloInterval: seconds between hello retransmissions.
+    @ivar rtoMin, rtoMax: bounds of the retransmission timeout
+        (L{prokshy.link.retransmit}).
     @ivar features: feature names we support.
     @ivar auth: a token to send in our hello, or None.
     @ivar quietPings: guest: after this many of the peer's ping intervals
@@ -100,7 +96,7 @@ class LinkConfig:
     sendWindow = attr.ib(default=1 << 20)
     pingInterval = attr.ib(default=1.0)
     deadAfter = attr.ib(default=8.0)
-    probeAfter = attr.ib(default=1.5)
+    rehelloAfter = attr.ib(default=1.5)
     helloInterval = attr.ib(default=0.5)
     rtoMin = attr.ib(default=0.2)
     rtoMax = attr.ib(default=2.0)
@@ -110,31 +106,14 @@ class LinkConfig:
     quietPings = attr.ib(default=None)
 
 
-@attr.s
-class SessionInfo:
-    """
-    What both sides agreed in the hello exchange.
-    """
-
-    version = attr.ib()
-    localNonce = attr.ib()
-    peerNonce = attr.ib()
-    tag = attr.ib()
-    features = attr.ib()
-    peerHello = attr.ib()
-    startedAt = attr.ib()
-    sendPayload = attr.ib()
-    sendWindow = attr.ib()
-
-
 def _newNonce():
     return os.urandom(8).hex()
 
 
-def sessionTag(hostNonce, guestNonce):
-    return zlib.crc32((hostNonce + ":" + guestNonce).encode("ascii"))
+_STATE_NAMES = {"idle": "IDLE", "hello": "HELLO", "up": "UP", "quiet": "UP", "stopped": "STOPPED"}
 
 
+@implementer(ILink, ISessionCore, IDeliveryOwner)
 class Link:
     """
     A session over one channel: handshake, keepalive, reliable delivery.
@@ -142,41 +121,36 @@ class Link:
     @param clock: an C{IReactorTime}.
     @param write: called with bytes for the channel.
     @param role: C{"host"} or C{"guest"}.
-    @param listener: has C{linkUp(link, info)}, C{frameReceived(frame)} and
-        C{linkDown(link, reason)}; optionally C{authorize(hello) -> str|None}
-        (guest role: a refusal reason or None).
+    @param listener: an L{prokshy.link.interfaces.ILinkListener}.
+    @param authorizer: guest role: an
+        L{prokshy.link.interfaces.ILinkAuthorizer} that may refuse a host's
+        hello; None accepts every compatible hello.
+
+    @ivar heard: how many times the peer was heard (a valid frame of the
+        session, or a hello): a caller can tell whether some input was the
+        peer's at all.
+    @ivar lastHeard: when the peer was last heard (clock seconds).
+    @ivar nonce: our current nonce (None before the first).
     """
 
     log = Logger()
 
-    def __init__(self, clock, write, role, listener, config=None):
+    def __init__(self, clock, write, role, listener, config=None, authorizer=None):
         if role not in ("host", "guest"):
             raise ValueError("role must be host or guest")
         self.clock = clock
         self._write = write
         self.role = role
         self.listener = listener
+        self.authorizer = authorizer if authorizer is not None else ACCEPT_ALL
         self.config = config or LinkConfig()
-        self.state = "IDLE"
         self.info = None
         self.decoder = ChannelDecoder(frames.MAX_PAYLOAD_LIMIT)
         self.decoder.frames.maxPayload = self.config.maxPayload
-        self._nonce = None
-        self._helloCall = None
-        self._pingCall = None
-        self._rtoCall = None
-        self._probeCall = None
-        self._probeWatch = None
-        self._lastHeard = clock.seconds()
-        self._paused = False
-        self._inWritable = False
-        self._quietAfter = None
-        self._incompatibleLogged = None
-        #: How many times the peer was heard (a valid frame of the session,
-        #: or a host hello): a caller can tell whether some input was the
-        #: peer's at all.
+        self.nonce = None
+        self.lastHeard = clock.seconds()
         self.heard = 0
-        self._resetTransfer()
+        self.lastError = None
         self.stats = {
             "bytes_in": 0,
             "bytes_out": 0,
@@ -185,51 +159,94 @@ class Link:
             "stale": 0,
             "sessions": 0,
             "retransmits": 0,
+            "checkpoints": 0,
             "quiet": 0,
         }
-        self.rtt = None
-        self.lastError = None
+        # The open session (UP, or quiet), or None.
+        self._current = None
+        self._quietAfter = None
+        self._paused = False
+        self._incompatibleLogged = None
+        # The sizes of the hello lines written with the current nonce,
+        # outside a session.
+        self._helloSizes = []
+        self._pinger = Pinger(clock)
+        self._delivery = self._newDelivery(self.config.sendWindow, 0, handshake.DEFAULT_PEER_PAYLOAD, 0)
+        self._lifecycle = lifecycleFor(role, self, clock, self.config)
+
+    def _newDelivery(self, window, precharge, sendPayload, tag):
+        return Delivery(
+            self, self.clock, self.config, window, precharge, sendPayload, MIN_PAYLOAD, tag, self.stats
+        )
+
+    @property
+    def sender(self):
+        """
+        The session's L{prokshy.link.reliable.Sender}.
+        """
+        return self._delivery.sender
+
+    @property
+    def receiver(self):
+        """
+        The session's L{prokshy.link.reliable.Receiver}.
+        """
+        return self._delivery.receiver
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def state(self):
+        """
+        C{"IDLE"}, C{"HELLO"} (host), C{"UP"} or C{"STOPPED"}.
+        """
+        return _STATE_NAMES[self._lifecycle.current]
+
+    @property
+    def quiet(self):
+        """
+        True while the session is up but we send nothing of our own, the
+        peer having been silent for C{quietPings} of its ping intervals.
+        """
+        return self._lifecycle.current == "quiet"
+
+    def runningTimers(self):
+        """
+        The names of the link's timers that are running now (see
+        L{prokshy.link.lifecycle}), C{"retransmit"} included.
+        """
+        names = self._lifecycle.runningTimers()
+        if self._delivery.timer.running:
+            names.add("retransmit")
+        return names
+
+    @property
+    def _nonce(self):
+        # The old private name, for callers not yet ported to L{nonce}
+        # (cli/fallback.py).
+        return self.nonce
+
+    @property
+    def rtt(self):
+        """
+        The smoothed round-trip time in seconds (from PONGs), or None.
+        """
+        return self._pinger.rtt
 
     # -- lifecycle --------------------------------------------------------
 
-    def _resetTransfer(self):
-        self.sender = Sender(self.config.sendWindow)
-        # A peer that keeps to our window never has more than that in
-        # flight, so no more than that is held out of order.
-        self.receiver = Receiver(self.config.window)
-        self._quiet = False
-        self._lastAckSent = None
-        self._ackOwed = False
-        self._rto = 0.5
-        self._sentCount = 0
-        self._lossCount = 0
-        self._payload = 1024
-        self._pingSeq = 0
-        self._pingSent = {}
-
     def start(self):
         """
-        Host: begin the handshake.  Guest: nothing to do (wait for a hello).
+        Host: begin the handshake.  Guest: wait for a hello.
         """
-        self._lastHeard = self.clock.seconds()
-        if self.role == "host":
-            self._startHandshake()
-            self._scheduleProbe()
-        self._schedulePing()
+        self.lastHeard = self.clock.seconds()
+        self._lifecycle.start()
 
     def stop(self, reason="stopped"):
         """
         Cancel all timers; end the session if there is one.
         """
-        for name in ("_helloCall", "_pingCall", "_rtoCall", "_probeCall", "_probeWatch"):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
-        wasUp = self.state == "UP"
-        self.state = "STOPPED"
-        if wasUp:
-            self.listener.linkDown(self, SessionEnded(reason))
+        self._lifecycle.stop(reason)
 
     def goodbye(self, reason="goodbye"):
         """
@@ -240,12 +257,13 @@ class Link:
         when it ends does not discard them too.
         """
         wire = None
-        if self.state == "UP":
-            payload = reason.encode("utf-8")[:200]
-            wire = self._encode(frames.GOODBYE, 0, payload)
+        if self._current is not None:
+            wire = self._delivery.encode(frames.GOODBYE, reason.encode("utf-8")[:200])
         self.stop(reason)
         if wire is not None:
-            self._send(wire + wire)
+            self.stats["bytes_out"] += 2 * len(wire)
+            self.stats["frames_out"] += 1
+            self._write(wire + wire)
 
     def endSession(self, reason):
         """
@@ -254,11 +272,7 @@ class Link:
         keeps running: a guest waits for the next hello, a host starts a
         new handshake.
         """
-        if self.state != "UP":
-            return
-        self._down(reason)
-        if self.role == "host" and self.state != "STOPPED":
-            self._startHandshake()
+        self._lifecycle.endSession(reason)
 
     # -- input ------------------------------------------------------------
 
@@ -270,13 +284,14 @@ class Link:
             return
         self.stats["bytes_in"] += len(data)
         for item in self.decoder.feed(data):
-            if self.state == "STOPPED":
-                return
             if isinstance(item, dict):
+                if self.state == "STOPPED":
+                    return
                 self.helloReceived(item)
             else:
                 self._frameReceived(item)
-        self._flushAck()
+        if self._current is not None:
+            self._delivery.flushAck()
 
     def helloReceived(self, hello):
         """
@@ -285,288 +300,87 @@ class Link:
         """
         if self.state == "STOPPED":
             return
-        role = hello.get("role")
-        nonce = hello.get("nonce")
-        if not isinstance(nonce, str) or not 0 < len(nonce) <= 64 or not nonce.isascii():
+        if not handshake.validNonce(hello.get("nonce")):
             self.log.info("ignored a hello without a valid nonce")
             return
+        role = hello.get("role")
         if self.role == "guest" and role == "host":
             self._hostHello(hello)
         elif self.role == "host" and role == "guest":
             self._guestHello(hello)
         # Anything else is our own echo or a confused peer: ignore it.
 
-    def _negotiate(self, hello):
-        versions = hello.get("v")
-        if not isinstance(versions, list):
-            return None
-        common = set(PROTOCOL_VERSIONS) & set(v for v in versions if isinstance(v, int))
-        return max(common) if common else None
-
     def _hostHello(self, hello):
         self._heard()
-        if self.state == "UP" and hello["nonce"] == self.info.peerNonce:
-            self._sendHello(peer=hello["nonce"])
-            self._pump()  # anything held back while we were quiet
+        lifecycle = self._lifecycle
+        if self._current is not None and hello["nonce"] == self._current.peerNonce:
+            lifecycle.hostHelloRepeated(hello)
             return
-        version = self._negotiate(hello)
-        refusal = None
-        if version is None:
-            refusal = "no common protocol version (we speak %s)" % (list(PROTOCOL_VERSIONS),)
-        else:
-            refusal = _limitsProblem(hello)
+        refusal = handshake.versionProblem(hello, self.role)
         if refusal is None:
-            authorize = getattr(self.listener, "authorize", None)
-            if authorize is not None:
-                refusal = authorize(hello)
+            refusal = self.authorizer.authorize(hello)
         if refusal is not None:
-            self.log.warn("refused a host hello: {why}", why=refusal)
-            self._sendHello(peer=hello["nonce"], error=refusal, nonce=_newNonce())
+            lifecycle.hostHelloRefused(hello, refusal)
             return
-        if self.state == "UP":
-            self._down("host started a new session")
-        self._nonce = _newNonce()
-        self._sendHello(peer=hello["nonce"])
-        self._up(hello, version, hostNonce=hello["nonce"], guestNonce=self._nonce)
+        lifecycle.hostHello(hello, handshake.negotiate(hello))
 
     def _guestHello(self, hello):
-        if hello.get("peer") != self._nonce:
+        if self.nonce is None or hello.get("peer") != self.nonce:
             return  # stale: an answer to an earlier session of ours
         self._heard()
+        lifecycle = self._lifecycle
         if "error" in hello:
-            self.lastError = str(hello["error"])[:200]
-            self.log.warn("guest refused the session: {why}", why=self.lastError)
-            if self.state == "UP":
-                self._down("refused: " + self.lastError)
-            self.stop("refused: " + self.lastError)
-            refused = getattr(self.listener, "linkRefused", None)
-            if refused is not None:
-                refused(self, self.lastError)
+            lifecycle.refused(str(hello["error"])[:200])
             return
-        wasUp = self.state == "UP"
-        if wasUp:
-            if hello["nonce"] == self.info.peerNonce:
-                return
-            self._down("guest restarted")
-        version = self._negotiate(hello)
-        if version is None:
-            problem = "the guest speaks no protocol version we do (it offers %s, we speak %s)" % (
-                _shortRepr(hello.get("v")),
-                list(PROTOCOL_VERSIONS),
-            )
-        else:
-            problem = _limitsProblem(hello)
+        if self._current is not None and hello["nonce"] == self._current.peerNonce:
+            lifecycle.answerRepeated()
+            return
+        problem = handshake.versionProblem(hello, self.role)
         if problem is not None:
-            # Not a session; keep saying hello, so that a compatible guest
-            # that takes its place gets one.
-            self.lastError = problem
-            if self._incompatibleLogged != problem:
-                self._incompatibleLogged = problem
-                self.log.warn("ignored the guest's answer: {why}; still probing", why=problem)
-            if wasUp and self.state != "STOPPED":
-                self._startHandshake()
+            lifecycle.incompatible(problem)
             return
-        self._incompatibleLogged = None
-        self._cancelHello()
-        self._up(hello, version, hostNonce=self._nonce, guestNonce=hello["nonce"])
-
-    def _up(self, hello, version, hostNonce, guestNonce):
-        self._resetTransfer()
-        ours = set(self.config.features)
-        theirs = hello.get("features")
-        common = sorted(ours & set(theirs)) if isinstance(theirs, list) else []
-        # _limitsProblem has refused anything below MIN_PAYLOAD / MIN_WINDOW.
-        sendPayload = min(_int(hello.get("max_payload"), 1024), frames.MAX_PAYLOAD_LIMIT)
-        sendWindow = min(_int(hello.get("window"), 8192), self.config.sendWindow)
-        self.sender.window = sendWindow
-        if self.config.quietPings is None:
-            self._quietAfter = None
-        else:
-            self._quietAfter = self.config.quietPings * _peerPing(hello)
-        self.info = SessionInfo(
-            version=version,
-            localNonce=self._nonce,
-            peerNonce=hello["nonce"],
-            tag=sessionTag(hostNonce, guestNonce),
-            features=common,
-            peerHello=hello,
-            startedAt=self.clock.seconds(),
-            sendPayload=sendPayload,
-            sendWindow=self.sender.window,
-        )
-        # Start small and grow while the channel is clean: frames already in
-        # flight cannot be split again, and a corrupting channel needs small ones.
-        self._payload = min(self.info.sendPayload, 1024)
-        self.state = "UP"
-        self.stats["sessions"] += 1
-        self._lastHeard = self.clock.seconds()
-        self.listener.linkUp(self, self.info)
-
-    def _down(self, reason):
-        self.state = "IDLE"
-        self._quiet = False
-        self._cancelRto()
-        self.listener.linkDown(self, SessionEnded(reason))
-
-    # -- hearing the peer, and going quiet --------------------------------
+        lifecycle.answered(hello, handshake.negotiate(hello))
 
     def _heard(self):
         """
         The peer said something valid: it is alive.
         """
-        self._lastHeard = self.clock.seconds()
+        self.lastHeard = self.clock.seconds()
         self.heard += 1
-        if self._quiet:
-            self._quiet = False
-            self.log.info("heard the peer again: resuming")
-            if self.state == "UP":
-                self._rto = self._baseRto()
-                self._armRto()
-
-    @property
-    def quiet(self):
-        """
-        True while the session is up but we send nothing of our own, the
-        peer having been silent for C{quietPings} of its ping intervals.
-        """
-        if self._quiet:
-            return True
-        if self.state != "UP" or self._quietAfter is None:
-            return False
-        silent = self.clock.seconds() - self._lastHeard
-        if silent < self._quietAfter:
-            return False
-        self._quiet = True
-        self.stats["quiet"] += 1
-        self._cancelRto()
-        self.log.info(
-            "peer silent for {silent:.1f} s: sending nothing until it is heard again",
-            silent=silent,
-        )
-        return True
+        lifecycle = self._lifecycle
+        if lifecycle.current == "quiet":
+            lifecycle.heard()
 
     def _frameReceived(self, frame):
         self.stats["frames_in"] += 1
-        if self.state != "UP" or frame.tag != self.info.tag:
+        if self._current is None or frame.tag != self._current.tag:
             self.stats["stale"] += 1
             return
         self._heard()
-        self._handleAck(frame)
+        delivery = self._delivery
+        delivery.acknowledged(frame)
         if frame.sequenced:
-            self._ackOwed = True
-            # Acknowledge even a duplicate: it means our last ACK was lost.
-            self._lastAckSent = None
-            for ready in self.receiver.accept(frame):
-                if self.state != "UP":
+            for ready in delivery.received(frame):
+                if self._current is None:
                     return
                 self.listener.frameReceived(ready)
             return
-        if frame.type == frames.PING:
-            self._send(self._encode(frames.PONG, 0, frame.payload))
-        elif frame.type == frames.PONG:
+        ftype = frame.type
+        if ftype == frames.PING:
+            # What we hold out of order goes first: the PONG tells the peer
+            # we read its PING, and so everything it wrote before.
+            delivery.flushAck()
+            delivery.writeControl(frames.PONG, frame.payload)
+        elif ftype == frames.PONG:
             self._pongReceived(frame.payload)
-        elif frame.type == frames.GOODBYE:
+        elif ftype == frames.GOODBYE:
             why = frame.payload.decode("utf-8", "replace")
-            self._down("peer said goodbye (%s)" % (why,))
-            if self.role == "host" and self.state != "STOPPED":
-                self._startHandshake()
+            self._lifecycle.goodbyeReceived("peer said goodbye (%s)" % (why,))
 
-    # -- acknowledgement and retransmission -------------------------------
-
-    def _handleAck(self, frame):
-        if self.sender.acknowledge(frame.ack):
-            self._rto = self._baseRto()
-            self._armRto()
-        if frame.type == frames.ACK and frame.payload:
-            highest = self.sender.sack(decodeSack(frame.payload))
-            if highest is not None:
-                now = self.clock.seconds()
-                wires = self.sender.holes(highest, now, self._holeAge(), self._encodeOutgoing)
-                self._retransmitted(wires)
-        self._pump()
-
-    def _holeAge(self):
-        return max(1.5 * (self.rtt or 0.0), 0.01)
-
-    def _flushAck(self):
-        if self.state == "UP" and self._ackOwed:
-            self._ackOwed = False
-            ranges = self.receiver.sackRanges()
-            if ranges:
-                self._send(
-                    self._encode(frames.ACK, 0, encodeSack(ranges), flags=frames.FLAG_NACK)
-                )
-            elif self._lastAckSent != self.receiver.expected:
-                self._send(self._encode(frames.ACK, 0, b""))
-
-    def _baseRto(self):
-        if self.rtt is None:
-            return 0.5
-        return min(max(self.config.rtoMin, 3 * self.rtt + 0.05), self.config.rtoMax)
-
-    def _armRto(self):
-        self._cancelRto()
-        if self.sender.unacked and self.state == "UP":
-            self._rtoCall = self.clock.callLater(self._rto, self._rtoFired)
-            probe = self._probeDelay()
-            if probe < self._rto:
-                self._probeCall = self.clock.callLater(probe, self._probeFired)
-
-    def _cancelRto(self):
-        for name in ("_rtoCall", "_probeCall"):
-            call = getattr(self, name)
-            if call is not None and call.active():
-                call.cancel()
-            setattr(self, name, None)
-
-    def _probeDelay(self):
-        return max(2.5 * (self.rtt or 0.01), 0.01) + 0.005
-
-    def _probeFired(self):
-        """
-        Tail-loss probe: nothing was acknowledged for about two round trips,
-        so resend only the newest frame in flight.  If earlier frames were
-        lost, the peer's answer carries SACK ranges and the holes are
-        resent at once, long before the retransmission timer.
-        """
-        self._probeCall = None
-        if self.state != "UP" or self.quiet:
-            return
-        wire = self.sender.probe(self.clock.seconds(), self._encodeOutgoing)
-        if wire is not None:
-            self.stats["retransmits"] = self.sender.retransmits
-            self._send(wire)
-
-    def _rtoFired(self):
-        self._rtoCall = None
-        if self.state != "UP" or not self.sender.unacked or self.quiet:
-            return
-        self._retransmitted(self.sender.retransmitAll(self.clock.seconds(), self._encodeOutgoing))
-        self._rto = min(self._rto * 2, self.config.rtoMax)
-        self._armRto()
-
-    def _retransmitted(self, wires):
-        if not wires:
-            return
-        self.stats["retransmits"] = self.sender.retransmits
-        self._lossCount += len(wires)
-        self._adapt()
-        self._send(b"".join(wires))
-
-    def _adapt(self):
-        """
-        Adapt the payload size to the channel: halve it while more than 10%
-        of frames need resending, double it back while fewer than 2% do.
-        """
-        sent, lost = self._sentCount, self._lossCount
-        if lost >= 4 and lost > 0.10 * max(sent, 1):
-            self._payload = max(MIN_PAYLOAD, self._payload // 2)
-        elif sent >= 64:
-            if lost < 0.02 * sent:
-                self._payload = min(self.info.sendPayload, self._payload * 2)
-        else:
-            return
-        self._sentCount = self._lossCount = 0
+    def _pongReceived(self, payload):
+        offset = self._pinger.answered(payload)
+        if offset is not None and self._current is not None:
+            self._delivery.readThrough(offset)
 
     # -- output -----------------------------------------------------------
 
@@ -576,14 +390,13 @@ class Link:
 
         @raise NotConnected: if there is no session.
         """
-        if self.state != "UP":
+        if self._current is None:
             raise NotConnected("no session")
         if ftype not in frames.SEQUENCED:
             raise ValueError("not a sequenced frame type")
         if len(payload) > self.info.sendPayload:
             raise ValueError("payload larger than the peer accepts")
-        self.sender.enqueue(ftype, stream, payload)
-        self._pump()
+        self._delivery.enqueue(ftype, stream, payload)
 
     @property
     def maxPayload(self):
@@ -591,34 +404,7 @@ class Link:
         The payload size to use now: at most what the peer accepts, less
         while the channel is losing frames.
         """
-        return self._payload if self.info else 1024
-
-    def _encodeOutgoing(self, item):
-        return encodeOutgoing(item, self.receiver.expected, self.info.tag)
-
-    def _encode(self, ftype, stream, payload, flags=0):
-        tag = self.info.tag if self.info else 0
-        return frames.encode(ftype, stream, payload, 0, self.receiver.expected, tag, flags)
-
-    def _pump(self):
-        if self.state != "UP" or self._paused or self.quiet:
-            return
-        wires = self.sender.takeSendable(self._encodeOutgoing, self.clock.seconds())
-        if wires:
-            self._sentCount += len(wires)
-            self._adapt()
-            hadTimer = self._rtoCall is not None
-            self._send(b"".join(wires))
-            if not hadTimer:
-                self._armRto()
-        if not self.sender.queue and not self._inWritable:
-            writable = getattr(self.listener, "linkWritable", None)
-            if writable is not None:
-                self._inWritable = True
-                try:
-                    writable()
-                finally:
-                    self._inWritable = False
+        return self._delivery.sizer.size if self.info else handshake.DEFAULT_PEER_PAYLOAD
 
     @property
     def writable(self):
@@ -627,13 +413,33 @@ class Link:
         behind the window).  Streams hand data to the link only then, so
         that frame sizes follow the channel and streams share it fairly.
         """
-        return self.state == "UP" and not self._paused and not self.quiet and not self.sender.queue
+        return self._current is not None and self.mayWrite() and not self.sender.queue
 
-    def _send(self, data):
+    def pump(self):
+        """
+        Write whatever the window has room for.
+        """
+        if self._current is not None:
+            self._delivery.pump()
+
+    # -- IDeliveryOwner ---------------------------------------------------
+
+    def writeFrames(self, data):
         self.stats["bytes_out"] += len(data)
         self.stats["frames_out"] += 1
-        self._lastAckSent = self.receiver.expected
         self._write(data)
+
+    def mayWrite(self):
+        return not self._paused and self._lifecycle.current != "quiet"
+
+    def pingWaiting(self, offset):
+        return self._pinger.waiting(offset)
+
+    def currentRTT(self):
+        return self._pinger.rtt
+
+    def deliveryWritable(self):
+        self.listener.linkWritable()
 
     def pauseProducing(self):
         """
@@ -643,105 +449,137 @@ class Link:
 
     def resumeProducing(self):
         self._paused = False
-        self._pump()
+        self.pump()
 
     def stopProducing(self):
         self.stop("channel closed")
 
-    # -- hello and keepalive ----------------------------------------------
+    # -- hellos -----------------------------------------------------------
 
-    def _helloFields(self):
-        fields = {
-            "v": list(PROTOCOL_VERSIONS),
-            "role": self.role,
-            "nonce": self._nonce,
-            "agent": "prokshy/" + __version__,
-            "features": list(self.config.features),
-            "window": self.config.window,
-            "max_payload": self.config.maxPayload,
-            "ping_interval": self.config.pingInterval,
-        }
-        if self.config.auth is not None:
-            fields["auth"] = self.config.auth
-        fields.update(self.config.extra)
-        return fields
-
-    def _sendHello(self, peer=None, error=None, nonce=None):
-        fields = self._helloFields()
-        if nonce is not None:
-            fields["nonce"] = nonce
-        if peer is not None:
-            fields["peer"] = peer
-        if error is not None:
-            fields["error"] = error
+    def _writeHello(self, fields):
         line = encodeHello(fields)
+        if self._current is not None:
+            self._delivery.sender.wrote(len(line))
+        else:
+            self._helloSizes.append(len(line))
         self.stats["bytes_out"] += len(line)
         self._write(line)
 
-    def _startHandshake(self):
-        self.state = "HELLO"
-        self._nonce = _newNonce()
-        self._helloTick()
+    def _fields(self, **extra):
+        fields = handshake.helloFields(self.config, self.role, self.nonce)
+        fields.update(extra)
+        return fields
 
-    def _helloTick(self):
-        self._helloCall = None
-        if self.state == "STOPPED":
-            return
-        self._sendHello()
-        self._helloCall = self.clock.callLater(self.config.helloInterval, self._helloTick)
+    # -- ISessionCore: what the lifecycle machines do ---------------------
 
-    def _cancelHello(self):
-        if self._helloCall is not None and self._helloCall.active():
-            self._helloCall.cancel()
-        self._helloCall = None
+    def makeNonce(self):
+        self.nonce = _newNonce()
+        self._helloSizes = []
 
-    def _schedulePing(self):
-        self._pingCall = self.clock.callLater(self.config.pingInterval, self._pingTick)
+    def sendHello(self):
+        self._writeHello(self._fields())
 
-    def _pingTick(self):
-        self._pingCall = None
-        if self.state == "STOPPED":
-            return
-        now = self.clock.seconds()
-        silent = now - self._lastHeard
-        if self.state == "UP":
-            if silent >= self.config.deadAfter:
-                self._down("peer silent for %.1f s" % (silent,))
-                if self.role == "host":
-                    self._startHandshake()
-            elif self.quiet:
-                pass
-            else:
-                self._pingSeq += 1
-                self._pingSent = {self._pingSeq: now}
-                # The LF makes the peer drop any truncated frame it holds.
-                self._send(b"\n" + self._encode(frames.PING, 0, _PING.pack(self._pingSeq, now)))
-        self._schedulePing()
+    def sendAnswer(self, hello):
+        self._writeHello(self._fields(peer=hello["nonce"]))
 
-    def _scheduleProbe(self):
-        self._probeWatch = self.clock.callLater(self.config.helloInterval, self._probeTick)
+    def sendRefusal(self, hello, reason):
+        self.log.warn("refused a host hello: {why}", why=reason)
+        self._writeHello(self._fields(peer=hello["nonce"], error=reason, nonce=_newNonce()))
 
-    def _probeTick(self):
-        """
-        Host: while the session is up but the guest has been silent for
-        C{probeAfter}, send our hello again every C{helloInterval}: a
-        restarted guest answers it with a new nonce.
-        """
-        self._probeWatch = None
-        if self.state == "STOPPED":
-            return
-        if self.state == "UP" and self.clock.seconds() - self._lastHeard >= self.config.probeAfter:
-            self._sendHello()
-        self._scheduleProbe()
+    def sendPing(self):
+        payload = self._pinger.payload()
+        end = self._delivery.writeControl(frames.PING, payload, lf=True)
+        self._pinger.sent(payload, end)
 
-    def _pongReceived(self, payload):
-        if len(payload) != _PING.size:
-            return
-        seq, _ = _PING.unpack(payload)
-        sentAt = self._pingSent.pop(seq, None)
-        if sentAt is not None:
-            sample = self.clock.seconds() - sentAt
-            self.rtt = sample if self.rtt is None else 0.8 * self.rtt + 0.2 * sample
+    def openSession(self, hello, version):
+        if self.role == "host":
+            hostNonce, guestNonce = self.nonce, hello["nonce"]
+            # The guest read one of our hellos; the others may still wait.
+            precharge = sum(self._helloSizes[1:])
+            self._incompatibleLogged = None
+        else:
+            hostNonce, guestNonce = hello["nonce"], self.nonce
+            # Our answer: not read yet.
+            precharge = sum(self._helloSizes)
+        sendPayload, sendWindow = handshake.peerLimits(hello, self.config.sendWindow)
+        tag = sessionTag(hostNonce, guestNonce)
+        self._delivery.stop()
+        self._delivery = self._newDelivery(sendWindow, precharge, sendPayload, tag)
+        self._pinger.reset()
+        if self.config.quietPings is None:
+            self._quietAfter = None
+        else:
+            self._quietAfter = self.config.quietPings * handshake.peerPing(hello)
+        self.info = self._current = SessionInfo(
+            version=version,
+            localNonce=self.nonce,
+            peerNonce=hello["nonce"],
+            tag=tag,
+            features=handshake.commonFeatures(self.config.features, hello),
+            peerHello=hello,
+            startedAt=self.clock.seconds(),
+            sendPayload=sendPayload,
+            sendWindow=sendWindow,
+        )
+        self.stats["sessions"] += 1
+        self.lastHeard = self.clock.seconds()
+
+    def closeSession(self):
+        self._delivery.stop()
+        self._current = None
+
+    def pauseTransfer(self):
+        self._delivery.stop()
+
+    def resumeTransfer(self):
+        self.log.info("heard the peer again: resuming")
+        self._delivery.resume()
+
+    def noteRefusal(self, reason):
+        self.lastError = reason
+        self.log.warn("guest refused the session: {why}", why=reason)
+
+    def noteIncompatible(self, problem):
+        # Not a session; keep saying hello, so that a compatible guest that
+        # takes its place gets one.
+        self.lastError = problem
+        if self._incompatibleLogged != problem:
+            self._incompatibleLogged = problem
+            self.log.warn("ignored the guest's answer: {why}; still saying hello", why=problem)
+
+    def noteQuiet(self):
+        self.stats["quiet"] += 1
+        self.log.info(
+            "peer silent for {silent:.1f} s: sending nothing until it is heard again",
+            silent=self.clock.seconds() - self.lastHeard,
+        )
+
+    def lastHeardAt(self):
+        return self.lastHeard
+
+    def quietAfter(self):
+        return self._quietAfter
+
+    def notifyUp(self):
+        self.listener.linkUp(self, self.info)
+
+    def notifyDown(self, reason):
+        self.log.info(
+            "session ended: {reason} (retransmits={retransmits} checkpoints={checkpoints}"
+            " resyncs={resyncs} gaps={gaps} duplicates={duplicates})",
+            reason=reason,
+            retransmits=self._delivery.retransmits,
+            checkpoints=self._delivery.checkpoints,
+            resyncs=self.decoder.resyncs,
+            gaps=self.receiver.gaps,
+            duplicates=self.receiver.duplicates,
+        )
+        self.listener.linkDown(self, SessionEnded(reason))
+
+    def notifyRefused(self, reason):
+        self.listener.linkRefused(self, reason)
+
+    # -- status -----------------------------------------------------------
 
     def snapshot(self):
         """
@@ -754,41 +592,9 @@ class Link:
         d["skipped_bytes"] = self.decoder.skipped
         d["duplicates"] = self.receiver.duplicates
         d["gaps"] = self.receiver.gaps
+        d["inflight"] = self.sender.inflight
         d["session_age"] = (
-            None if self.info is None or self.state != "UP"
-            else round(self.clock.seconds() - self.info.startedAt, 3)
+            None if self._current is None
+            else round(self.clock.seconds() - self._current.startedAt, 3)
         )
         return d
-
-
-def _int(value, default):
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
-
-
-def _limitsProblem(hello):
-    """
-    Why the C{window} or C{max_payload} a peer advertises is unusable, or
-    None.  Absent (or malformed) fields get the defaults.
-    """
-    window = _int(hello.get("window"), 8192)
-    if window < MIN_WINDOW:
-        return "window %d is below the minimum of %d bytes" % (window, MIN_WINDOW)
-    payload = _int(hello.get("max_payload"), 1024)
-    if payload < MIN_PAYLOAD:
-        return "max_payload %d is below the minimum of %d bytes" % (payload, MIN_PAYLOAD)
-    return None
-
-
-def _peerPing(hello):
-    """
-    How often the peer pings, from its hello (seconds), within sane bounds.
-    """
-    value = hello.get("ping_interval")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        return DEFAULT_PEER_PING
-    return min(max(float(value), 0.01), 3600.0)
-
-
-def _shortRepr(value):
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

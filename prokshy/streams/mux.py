@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from prokshy.link.interfaces import ILinkListener
 from prokshy.link.session import NotConnected, SessionEnded
 from prokshy.streams.credit import MAX_CREDIT
 from prokshy.streams.interfaces import IStreamOwner
@@ -30,7 +31,7 @@ from prokshy.wire import frames
 DEFAULT_WINDOW = 256 * 1024
 
 
-@implementer(IStreamOwner)
+@implementer(ILinkListener, IStreamOwner)
 class Mux:
     """
     Streams over one L{prokshy.link.session.Link}; the link's listener, and

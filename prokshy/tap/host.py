@@ -197,7 +197,7 @@ def makeService(options, reactor=None):
             maxPayload=HOST_PAYLOAD,
             pingInterval=options["ping-interval"],
             deadAfter=options["dead-after"],
-            probeAfter=min(1.5, options["dead-after"] / 2),
+            rehelloAfter=min(1.5, options["dead-after"] / 2),
         )
         vm = VMConnection(reactor, name, path, linkConfig=config, maxWaiting=options["max-waiting"])
         vm.service.setServiceParent(top)
