@@ -9,7 +9,7 @@ and the guest's (from the agent's log line at the session's end).
     python bench/lossless.py [--mib 100]
 
 Exits 1 if it shows a retransmission, a resync, a gap or a duplicate
-on either side.  tests/test_link_vmsim.py runs the same with 16 MiB.
+on either side.  tests/system/test_link_vmsim.py runs the same with 16 MiB.
 """
 
 import argparse

@@ -77,7 +77,7 @@ class InstalledPackageTests(unittest.TestCase):
         self.assertIn("prokshy-guest", found["taps"])
         self.assertIn("prokshy-host", found["taps"])
         self.assertIn("vtcon", found["parsers"])
-        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         source = os.path.join(checkout, "prokshy") + os.sep
         self.assertFalse(found["prokshy"].startswith(source), found["prokshy"])
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport_service -*-
+# -*- test-case-name: tests.system.test_transport_service -*-
 """
 Tests for L{prokshy.transport.service.DeviceService}: retries with backoff on
 a L{Clock}, one log line per change of state, a clean stop.
@@ -25,7 +25,7 @@ from prokshy.transport.device import DeviceAddress
 from prokshy.transport.endpoints import DeviceBusy, DeviceError, DeviceMissing, VtconClientEndpoint
 from prokshy.transport.interfaces import IDeviceEndpoint, IDeviceTransport, IHostPresence
 from prokshy.transport.service import DeviceService
-from tests.test_transport import RecordingProtocol, makeCooked, waitFor
+from tests.system.test_transport import RecordingProtocol, makeCooked, waitFor
 
 PATH = "/dev/vtcon/prokshy"
 

@@ -26,8 +26,8 @@ from prokshy.execs.status import ExitStatus
 from prokshy.guest.runner import CommandRunner
 from prokshy.tap import guest as guestTap
 
-from .fakes import SH, MemoryProcessReactor, makeCommandDir
-from .harness import RawClient, Rig, waitFor, withTimeout
+from tests.fakes import SH, MemoryProcessReactor, makeCommandDir
+from tests.harness import RawClient, Rig, waitFor, withTimeout
 
 MiB = 1024 * 1024
 

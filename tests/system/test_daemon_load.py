@@ -17,7 +17,7 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.hostharness import HostHarness
-from tests.test_load import raiseFileLimit
+from tests.system.test_load import raiseFileLimit
 
 CLIENTS = 200
 COMMANDS = 5

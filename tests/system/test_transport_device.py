@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport_device -*-
+# -*- test-case-name: tests.system.test_transport_device -*-
 """
 Tests for L{prokshy.transport.device.DeviceTransport}, the non-tty device
 transport, and above all its "host away" handling.
@@ -29,7 +29,7 @@ import prokshy.transport.device
 from prokshy import _machines
 from prokshy.transport.device import DeviceAddress, DeviceTransport
 from prokshy.transport.interfaces import IDeviceTransport, IHostPresence
-from tests.test_transport import ALL_BYTES, RecordingProtocol, closeProtocol, waitFor
+from tests.system.test_transport import ALL_BYTES, RecordingProtocol, closeProtocol, waitFor
 
 
 def closed(fd):

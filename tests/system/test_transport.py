@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport -*-
+# -*- test-case-name: tests.system.test_transport -*-
 """
 Tests for L{prokshy.transport.endpoints} and the tty transport
 (L{prokshy.transport.tty}), on real ptys and FIFOs.

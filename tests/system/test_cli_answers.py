@@ -32,7 +32,7 @@ from prokshy.cli.options import parseArgs
 from prokshy.cli.output import FileOutput
 from prokshy.wire.channel import encodeHello, parseHello
 from tests.hostharness import DEFAULT_SCRIPTS, GuestVM, HostHarness, shortTempDir
-from tests.test_cli_framed import CLITestMixin, OriginalAgent, runCLI
+from tests.system.test_cli_framed import CLITestMixin, OriginalAgent, runCLI
 
 #: The keys of a C{--json} result, framed or line protocol.
 JSON_KEYS = {"vm", "command", "protocol", "status", "code", "signal", "timed_out", "truncated",

@@ -23,7 +23,7 @@ from prokshy.streams.interfaces import IExecStreamProtocol, IStreamProtocol
 from prokshy.streams.mux import Mux
 from prokshy.streams.stream import StreamRefused, StreamReset
 from prokshy.wire import frames
-from tests.channel import LinkPair, deterministicNonces
+from prokshy.testing import LinkPair, deterministicNonces
 
 KiB = 1024
 MiB = 1024 * KiB

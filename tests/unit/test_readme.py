@@ -13,7 +13,7 @@ import re
 
 from twisted.trial.unittest import TestCase
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _readmeCommand():

@@ -3,7 +3,7 @@ The codec against C{docs/vectors.json}: the protocol's test vectors, which a
 second implementation can run too (see its C{how_to_use}).
 
 The vectors are data, not code: this module checks the codec against them,
-and rebuilds them only when asked (C{python -m tests.test_vectors --write}),
+and rebuilds them only when asked (C{python -m tests.unit.test_vectors --write}),
 so a change to the codec that changes the wire fails here first.
 """
 
@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from prokshy.wire import channel, frames
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VECTORS = os.path.join(ROOT, "docs", "vectors.json")
 
 _TYPES = {name: value for value, name in frames.NAMES.items()}
@@ -264,7 +264,7 @@ class VectorTests(TestCase):
     def test_upToDate(self):
         """
         The file is what the reference codec builds: regenerate it with
-        C{python -m tests.test_vectors --write} only for a deliberate change
+        C{python -m tests.unit.test_vectors --write} only for a deliberate change
         of the wire format.
         """
         self.assertEqual(self.v, json.loads(json.dumps(build())))
@@ -272,7 +272,7 @@ class VectorTests(TestCase):
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
-        raise SystemExit("usage: python -m tests.test_vectors --write")
+        raise SystemExit("usage: python -m tests.unit.test_vectors --write")
     with open(VECTORS, "w", encoding="utf-8") as f:
         json.dump(build(), f, indent=1)
         f.write("\n")

@@ -25,8 +25,8 @@ from prokshy.guest import record as records
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.runner import CommandRunner
 
-from .fakes import PY, LogCapture, RecordingSink, addScript, makeCommandDir
-from .harness import Rig, shortTempDir, sleep, waitFor, withTimeout
+from tests.fakes import PY, LogCapture, RecordingSink, addScript, makeCommandDir
+from tests.harness import Rig, shortTempDir, sleep, waitFor, withTimeout
 
 LINUX = sys.platform.startswith("linux")
 

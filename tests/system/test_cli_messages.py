@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from prokshy.cli.format import EXIT_TRUNCATED, prefixed
 from prokshy.cli.main import connectHint
 from tests.hostharness import HostHarness, waitFor
-from tests.test_cli_framed import CLITestMixin, runCLI
+from tests.system.test_cli_framed import CLITestMixin, runCLI
 
 
 class TruncatedTests(CLITestMixin, TestCase):

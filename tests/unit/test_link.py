@@ -1,7 +1,7 @@
 """
 Tests for L{prokshy.link}: the selective-repeat machinery in
 L{prokshy.link.reliable} and the session in L{prokshy.link.session}, run
-over the in-memory L{tests.channel.LossyChannel} with a L{task.Clock}.
+over the in-memory L{prokshy.testing.LossyChannel} with a L{task.Clock}.
 """
 
 import json
@@ -33,7 +33,7 @@ from prokshy.streams.mux import Mux
 from prokshy.wire import frames
 from prokshy.wire.channel import ChannelDecoder, encodeHello
 from prokshy.wire.frames import Frame, FrameDecoder, encodeFrame, unescape
-from tests.channel import LinkPair, deterministicNonces
+from prokshy.testing import LinkPair, deterministicNonces
 
 # FreeBSD's tty input queue holds about this much; the guest's window must
 # keep the bytes in flight toward it below this.

@@ -24,9 +24,9 @@ from prokshy.guest.execs import ExecStreamProtocol, GuestStreams, Slots
 from prokshy.guest.runner import CommandRunner
 from prokshy.streams.stream import StreamRefused, StreamReset
 
-from .fakes import SH, LogCapture, MemoryProcessReactor, makeCommandDir
-from .harness import Rig, waitFor, withTimeout
-from .test_guest_limits import FakeStream
+from tests.fakes import SH, LogCapture, MemoryProcessReactor, makeCommandDir
+from tests.harness import Rig, waitFor, withTimeout
+from tests.system.test_guest_limits import FakeStream
 
 
 class InfoTests(unittest.TestCase):

@@ -18,7 +18,7 @@ import tempfile
 
 from twisted.trial import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ETC = os.path.join(ROOT, "etc")
 RC_SCRIPT = os.path.join(ETC, "rc.d", "prokshy")
 UNIT = os.path.join(ETC, "systemd", "prokshy-guest.service")

@@ -12,8 +12,8 @@ from prokshy.link import lifecycle
 from prokshy.link.lifecycle import GuestLifecycle, HostLifecycle
 from prokshy.link.session import LinkConfig
 from prokshy.wire import frames
-from tests.channel import LinkPair, deterministicNonces
-from tests.test_link import Recorder
+from prokshy.testing import LinkPair, deterministicNonces
+from tests.unit.test_link import Recorder
 
 MACHINES = (HostLifecycle, GuestLifecycle)
 

@@ -1,7 +1,7 @@
 """
 Tests for L{prokshy.streams}: the stream table (L{Mux}) and the stream
 transport (L{Stream}), over two Links joined by the in-memory
-L{tests.channel.LossyChannel}.
+L{prokshy.testing.LossyChannel}.
 """
 
 import io
@@ -27,7 +27,7 @@ from prokshy.streams.stream import (
     encodeJSON,
 )
 from prokshy.wire import frames
-from tests.channel import LinkPair, deterministicNonces
+from prokshy.testing import LinkPair, deterministicNonces
 
 
 @implementer(IStreamProtocol, IExecStreamProtocol, ISignalStreamProtocol)

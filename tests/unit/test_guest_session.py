@@ -2,7 +2,7 @@
 The guest agent's session handling when a framed host goes away without
 GOODBYE (issue 7, section 3), deterministically: the real
 L{prokshy.guest.agent.GuestProtocol} and a real host L{Link}, joined by the
-in-memory L{tests.channel.LossyChannel} on a L{MemoryProcessReactor} (fake
+in-memory L{prokshy.testing.LossyChannel} on a L{MemoryProcessReactor} (fake
 commands, fake time).
 
 The guest's device is L{DeviceDouble}: its writes wait in a buffer until the
@@ -29,7 +29,7 @@ from prokshy.streams.mux import Mux
 from prokshy.wire import frames
 from prokshy.wire.channel import ChannelDecoder
 from prokshy.wire.frames import Frame
-from tests.channel import LossyChannel, deterministicNonces
+from prokshy.testing import LossyChannel, deterministicNonces
 from tests.fakes import SH, LogCapture, MemoryProcessReactor, makeCommandDir
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport_plugin -*-
+# -*- test-case-name: tests.system.test_transport_plugin -*-
 """
 Tests for the C{vtcon:} endpoint string parser plugin.
 """
@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 from prokshy.transport.endpoints import VtconClientEndpoint
 from prokshy.transport.plugin import vtconEndpointParser
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ParserTests(TestCase):

@@ -15,7 +15,7 @@ from prokshy.host.vm import VMUnavailable
 from prokshy.link.session import LinkConfig
 from prokshy.streams.mux import Mux
 from prokshy.streams.stream import StreamRefused
-from tests.channel import LinkPair, deterministicNonces
+from prokshy.testing import LinkPair, deterministicNonces
 
 
 class _GuestExec(Protocol):

@@ -18,7 +18,7 @@ from prokshy.link.retransmit import IDeliveryOwner
 from prokshy.link.session import Link, LinkConfig
 from prokshy.streams.mux import Mux
 from prokshy.wire import frames
-from tests.channel import LinkPair, deterministicNonces
+from prokshy.testing import LinkPair, deterministicNonces
 
 
 @implementer(ILinkListener)

@@ -36,7 +36,7 @@ from prokshy.streams.mux import Mux
 from prokshy.streams.stream import Stream, StreamError, StreamReset, decodeJSON, encodeJSON
 from prokshy.wire import frames
 from prokshy.wire.frames import Frame
-from tests.test_streams import Collector, StreamTestCase
+from tests.unit.test_streams import Collector, StreamTestCase
 
 _U32 = struct.Struct(">I")
 SID = 1

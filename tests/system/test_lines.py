@@ -17,7 +17,7 @@ from prokshy.guest._process import spawnWithReactor
 from prokshy.lines.protocol import GuestLineProtocol
 from prokshy.guest.runner import CommandRunner
 
-from .fakes import SH, LogCapture, MemoryProcessReactor, makeCommandDir
+from tests.fakes import SH, LogCapture, MemoryProcessReactor, makeCommandDir
 
 
 class LineTestCase(unittest.TestCase, LogCapture):

@@ -18,7 +18,7 @@ from prokshy.lines.loglimit import LogLimiter
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.runner import CommandRunner
 
-from .fakes import SH, LogCapture, MemoryProcessReactor, addScript, makeCommandDir
+from tests.fakes import SH, LogCapture, MemoryProcessReactor, addScript, makeCommandDir
 
 
 class HandlerTestCase(unittest.TestCase, LogCapture):

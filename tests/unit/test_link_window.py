@@ -14,8 +14,8 @@ from prokshy.link.reliable import reserveFor
 from prokshy.link.session import LinkConfig
 from prokshy.wire import frames
 from prokshy.wire.channel import ChannelDecoder, encodeHello
-from tests.channel import LinkPair, deterministicNonces
-from tests.test_link import Recorder, framesOf, isHello
+from prokshy.testing import LinkPair, deterministicNonces
+from tests.unit.test_link import Recorder, framesOf, isHello
 
 #: bhyve discards host data in pieces of this size when the queue is full.
 RING_PIECE = 2048

@@ -30,7 +30,7 @@ from prokshy import _machines
 from prokshy.guest.execution import Execution
 from prokshy.guest.runner import COMMAND_ENVIRONMENT, CommandRunner
 
-from .fakes import (
+from tests.fakes import (
     PY,
     SH,
     MemoryProcessReactor,

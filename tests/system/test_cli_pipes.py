@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from prokshy.cli.output import EXIT_PIPE
 from tests.hostharness import DEFAULT_SCRIPTS, ROOT, HostHarness, groupAlive, shortTempDir, sleep, waitFor
-from tests.test_cli_framed import _ENV, CLITestMixin, runCLI, startCLI
+from tests.system.test_cli_framed import _ENV, CLITestMixin, runCLI, startCLI
 
 #: Runs C{prokshy ARGS | head -c 10} and reports, as JSON, how the CLI
 #: ended: its status, its stderr, and the wall and CPU time it used after
