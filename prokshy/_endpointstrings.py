@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host_policy -*-
+# -*- test-case-name: tests.system.test_host_policy -*-
 """
 Server endpoint strings, read once and the same way for the whole daemon
 (L{prokshy.host.policy} and L{prokshy.host.tls}).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_demo -*-
+# -*- test-case-name: tests.system.test_demo -*-
 """
 C{prokshy-demo}: the whole stack in one process, on loopback.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_testing -*-
+# -*- test-case-name: tests.unit.test_testing -*-
 """
 Public test doubles for code written against prokshy, as C{treq.testing}
 is for treq: no VM, no device, no process, no socket, no reactor.

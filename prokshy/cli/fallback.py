@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_answers,tests.test_cli_machines -*-
+# -*- test-case-name: tests.system.test_cli_answers,tests.system.test_cli_machines -*-
 """
 The C{auto} mode's decision: say a framed hello and run over the framed
 protocol, or, when no framed hello answers in time (the original shell

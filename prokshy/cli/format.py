@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_messages,tests.test_cli_split -*-
+# -*- test-case-name: tests.system.test_cli_messages,tests.test_cli_split -*-
 """
 What the CLI prints, and its exit codes: the C{prokshy: } message lines,
 the C{[vm] } labels of several VMs' output, the C{--json} records (framed

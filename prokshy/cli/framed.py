@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_framed -*-
+# -*- test-case-name: tests.system.test_cli_framed -*-
 """
 The CLI's framed run: once a framed session is up (L{prokshy.cli.fallback}
 decided it), run what the options ask for over it: C{--status}, C{--info},

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_answers -*-
+# -*- test-case-name: tests.system.test_cli_answers -*-
 """
 Hello lines in a line-protocol reply: after the C{auto} mode's fallback a
 framed agent may still answer the CLI's hello (late, on a slow channel).

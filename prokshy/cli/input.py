@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_pipes,tests.test_cli_split -*-
+# -*- test-case-name: tests.system.test_cli_pipes,tests.test_cli_split -*-
 """
 What the remote commands read: the whole of C{--from-string} or
 C{--from-file}, written to each command once it has started, or the CLI's

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_pipes -*-
+# -*- test-case-name: tests.system.test_cli_pipes -*-
 """
 The CLI's stdout and stderr: non-blocking writers with flow control.
 

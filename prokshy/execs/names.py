@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_runner -*-
+# -*- test-case-name: tests.system.test_runner -*-
 """
 The command-name rule: which names a host may ask to run.
 

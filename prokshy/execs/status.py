@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_runner,tests.test_guest_framed -*-
+# -*- test-case-name: tests.system.test_runner,tests.system.test_guest_framed -*-
 """
 L{ExitStatus}: how a command ended, on both sides of the link.
 

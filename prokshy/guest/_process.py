@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_runner -*-
+# -*- test-case-name: tests.system.test_runner -*-
 """
 Spawning a child process in its own process group.
 

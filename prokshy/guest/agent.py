@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_guest_framed -*-
+# -*- test-case-name: tests.system.test_guest_framed -*-
 """
 The guest agent on its device: line mode (the original protocol) until a
 host says a framed hello, framed mode until that session ends.

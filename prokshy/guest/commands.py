@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_runner -*-
+# -*- test-case-name: tests.system.test_runner -*-
 """
 The C{command.d} checks: which file a command name runs, and whether it is
 safe to run.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_guest_framed -*-
+# -*- test-case-name: tests.system.test_guest_framed -*-
 """
 The guest's stream handlers for the framed protocol: C{exec} streams run a
 command.d command, C{info} streams describe the agent.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_runner -*-
+# -*- test-case-name: tests.system.test_runner -*-
 """
 L{Execution}: one running command, from its spawn to its exit record.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_guest_reaper -*-
+# -*- test-case-name: tests.system.test_guest_reaper -*-
 """
 The process table, and finding a command's descendants in it.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_guest_reaper -*-
+# -*- test-case-name: tests.system.test_guest_reaper -*-
 """
 L{ProcessReaper}: the agent's service for finding and killing every process
 a command leaves behind.

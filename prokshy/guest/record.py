@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_guest_reaper -*-
+# -*- test-case-name: tests.system.test_guest_reaper -*-
 """
 The record of running commands, for the agent that comes after a killed
 one.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_runner -*-
+# -*- test-case-name: tests.system.test_runner -*-
 """
 Running the executables of a C{command.d} directory.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_guest_reaper -*-
+# -*- test-case-name: tests.system.test_guest_reaper -*-
 """
 Being a (sub)reaper, and reaping the orphans that brings.
 

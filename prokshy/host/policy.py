@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host_policy -*-
+# -*- test-case-name: tests.system.test_host_policy -*-
 """
 What each listener of the host daemon allows, decided from its endpoint
 string before anything listens.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host_queue -*-
+# -*- test-case-name: tests.unit.test_host_queue -*-
 """
 The daemon's per-VM queue of stream opens.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.system.test_tls -*-
 """
 TLS client certificates for the host daemon's C{ssl:} listeners.
 

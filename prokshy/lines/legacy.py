@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_legacy -*-
+# -*- test-case-name: tests.system.test_legacy -*-
 """
 The original prokshy line protocol.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_lines -*-
+# -*- test-case-name: tests.system.test_lines -*-
 """
 Line mode on the guest's device.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_link -*-
+# -*- test-case-name: tests.unit.test_link -*-
 """
 The hello exchange, as data: the fields we say hello with, and what a
 peer's hello means for a session (its version, its limits, our session

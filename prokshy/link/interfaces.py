@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_link_interfaces -*-
+# -*- test-case-name: tests.unit.test_link_interfaces -*-
 """
 The link's collaborators, as zope interfaces.
 

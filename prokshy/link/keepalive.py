@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_link -*-
+# -*- test-case-name: tests.unit.test_link -*-
 """
 Keepalive: the timers that watch the peer, and PING / PONG.
 

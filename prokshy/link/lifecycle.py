@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_link_machine -*-
+# -*- test-case-name: tests.unit.test_link_machine -*-
 """
 The lifecycle of a link's sessions, as two Automat machines: one for each
 role.  The host opens (it says hello until a guest answers); the guest

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_link -*-
+# -*- test-case-name: tests.unit.test_link -*-
 """
 Selective-repeat reliability for sequenced frames: sequence numbers,
 cumulative and selective acknowledgements, a bound on what may sit unread

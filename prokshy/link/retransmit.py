@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_link,tests.test_link_window -*-
+# -*- test-case-name: tests.unit.test_link,tests.unit.test_link_window -*-
 """
 Retransmission: when to look for lost frames, and how large to make them.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_link -*-
+# -*- test-case-name: tests.unit.test_link -*-
 """
 One prokshy session over one byte channel: L{Link}, the object the layers
 above use.  It is a façade over the link's parts:

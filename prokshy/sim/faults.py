@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_faults -*-
+# -*- test-case-name: tests.unit.test_faults -*-
 """
 Seeded fault injection for the channel simulator: pure logic, no I/O.
 

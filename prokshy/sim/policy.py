@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_vmsim -*-
+# -*- test-case-name: tests.system.test_vmsim -*-
 """
 The channel semantics of the simulated console port: what bhyve does, and
 what QEMU does, where they differ.  L{prokshy.sim.vmsim.VMSim} does the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_vmsim -*-
+# -*- test-case-name: tests.system.test_vmsim -*-
 """
 prokshy-vmsim: a bhyve-faithful simulator of one virtio-console port.
 

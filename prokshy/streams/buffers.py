@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_streams -*-
+# -*- test-case-name: tests.unit.test_streams -*-
 """
 A stream's two queues: L{Outbox}, the frames we have not sent yet (and the
 local producer that fills it), and L{Inbox}, the frames the peer sent that

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_streams_credit -*-
+# -*- test-case-name: tests.unit.test_streams_credit -*-
 """
 The credit of one stream, one object per direction (docs/protocol.md §9).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_streams -*-
+# -*- test-case-name: tests.unit.test_streams -*-
 """
 The stream table of one session: opening, accepting and refusing streams,
 and routing frames to them.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_streams,tests.test_streams_machine -*-
+# -*- test-case-name: tests.unit.test_streams,tests.unit.test_streams_machine -*-
 """
 One multiplexed stream: a Twisted transport for the protocol bound to it,
 with credit-based flow control in both directions.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.system.test_tap -*-
 """
 C{twistd -n prokshy-guest}: Options and makeService for the guest agent.
 """

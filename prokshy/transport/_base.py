@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport,tests.test_transport_device -*-
+# -*- test-case-name: tests.system.test_transport,tests.system.test_transport_device -*-
 """
 What the guest's two device transports (L{prokshy.transport.tty} and
 L{prokshy.transport.device}) share: their address, dropping unsent writes,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport_device,tests.test_transport -*-
+# -*- test-case-name: tests.system.test_transport_device,tests.system.test_transport -*-
 """
 The guest's non-tty device transport, L{DeviceTransport}, for a char
 device that is no tty (Linux C{/dev/virtio-ports/NAME}); the tty transport

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport -*-
+# -*- test-case-name: tests.system.test_transport -*-
 """
 The C{vtcon:} client endpoint: connect a protocol to the guest's end of a
 virtio-console port (or any serial tty).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport_device,tests.test_transport_service -*-
+# -*- test-case-name: tests.system.test_transport_device,tests.system.test_transport_service -*-
 """
 The interfaces between the guest's device transports and what runs on them.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport_plugin -*-
+# -*- test-case-name: tests.system.test_transport_plugin -*-
 """
 The C{vtcon:} endpoint string parser, for C{clientFromString}::
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport_service -*-
+# -*- test-case-name: tests.system.test_transport_service -*-
 """
 L{DeviceService}: keep the console device open for as long as the agent runs.
 

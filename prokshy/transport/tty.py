@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport -*-
+# -*- test-case-name: tests.system.test_transport -*-
 """
 The guest's tty transport: a B{tty} (FreeBSD C{/dev/vtcon/NAME}, an
 isa-serial port, a pty in the tests) goes through pyserial and Twisted's

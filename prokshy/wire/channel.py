@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire -*-
+# -*- test-case-name: tests.unit.test_wire -*-
 """
 The channel codec: the raw byte stream of a framed channel carries escaped
 frames and hello lines, and nothing else.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire -*-
+# -*- test-case-name: tests.unit.test_wire -*-
 """
 The frame codec: pure functions and a resynchronising decoder, no I/O.
 
