@@ -359,7 +359,7 @@ class AutoChannel(Protocol):
     def _stopHost(self):
         # The link's nonce: a refusal aimed at our hello names it as its
         # peer.  (Link has no public accessor for it yet.)
-        self._nonce = self.host.link._nonce
+        self._nonce = self.host.link.nonce
         self.host.link.stop("falling back to the line protocol")
 
     @_machine.output()

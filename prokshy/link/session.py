@@ -146,7 +146,7 @@ class Link:
         self.config = config or LinkConfig()
         self.info = None
         self.decoder = ChannelDecoder(frames.MAX_PAYLOAD_LIMIT)
-        self.decoder.frames.maxPayload = self.config.maxPayload
+        self.decoder.frameDecoder.maxPayload = self.config.maxPayload
         self.nonce = None
         self.lastHeard = clock.seconds()
         self.heard = 0
@@ -219,12 +219,6 @@ class Link:
         if self._delivery.timer.running:
             names.add("retransmit")
         return names
-
-    @property
-    def _nonce(self):
-        # The old private name, for callers not yet ported to L{nonce}
-        # (cli/fallback.py).
-        return self.nonce
 
     @property
     def rtt(self):

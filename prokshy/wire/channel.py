@@ -67,25 +67,25 @@ class ChannelDecoder:
     """
     Split a raw channel byte stream into hello lines and frames.
 
-    @ivar frames: the L{FrameDecoder}; its counters include everything
-        skipped here too.
+    @ivar frameDecoder: the L{FrameDecoder}; its counters include
+        everything skipped here too.
     """
 
     _FRAMES, _AFTER_LF, _HELLO = range(3)
 
     def __init__(self, maxPayload=MAX_PAYLOAD_LIMIT):
-        self.frames = FrameDecoder(maxPayload)
+        self.frameDecoder = FrameDecoder(maxPayload)
         self._state = self._FRAMES
         self._heldEsc = b""
         self._line = bytearray()
 
     @property
     def skipped(self):
-        return self.frames.skipped
+        return self.frameDecoder.skipped
 
     @property
     def resyncs(self):
-        return self.frames.resyncs
+        return self.frameDecoder.resyncs
 
     def _frameBytes(self, raw, out):
         raw = self._heldEsc + raw
@@ -95,7 +95,7 @@ class ChannelDecoder:
             self._heldEsc = raw[-1:]
             raw = raw[:-1]
         if raw:
-            out.extend(self.frames.feed(unescape(raw)))
+            out.extend(self.frameDecoder.feed(unescape(raw)))
 
     def _helloBytes(self, data, pos, out):
         """
@@ -138,8 +138,8 @@ class ChannelDecoder:
 
     def _garbage(self, n):
         if n:
-            self.frames.skipped += n
-            self.frames.resyncs += 1
+            self.frameDecoder.skipped += n
+            self.frameDecoder.resyncs += 1
 
     def feed(self, data):
         """
@@ -161,7 +161,7 @@ class ChannelDecoder:
                 # Escaped frames never contain LF: whatever partial frame is
                 # buffered was truncated (lost bytes, a cut connection).
                 self._heldEsc = b""
-                self.frames.discardPartial()
+                self.frameDecoder.discardPartial()
                 self._state = self._AFTER_LF
                 pos = lf + 1
             elif self._state == self._AFTER_LF:

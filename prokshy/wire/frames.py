@@ -182,7 +182,8 @@ class FrameDecoder:
 
     Memory is bounded: at most one maximal frame plus one input chunk is
     buffered.  Bytes that were not part of a valid frame are counted in
-    C{skipped}; C{resyncs} counts the times the decoder had to hunt.
+    C{skipped}; C{resyncs} counts the times the decoder had to hunt, and
+    C{decoded} the valid frames it returned.
 
     @ivar maxPayload: the largest payload accepted; longer frames are
         treated as corruption.
@@ -195,7 +196,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self.skipped = 0
         self.resyncs = 0
-        self.frames = 0
+        self.decoded = 0
         self._hunting = False
 
     def _skip(self, n):
@@ -255,7 +256,7 @@ class FrameDecoder:
                     continue
             del buf[:total]
             self._hunting = False
-            self.frames += 1
+            self.decoded += 1
             out.append(Frame(ftype, stream, payload, seq, ack, tag, flags))
         return out
 

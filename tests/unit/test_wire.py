@@ -97,7 +97,7 @@ def feedChunks(decoder, data, cuts):
     for cut in sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]:
         out.extend(decoder.feed(data[last:cut]))
         last = cut
-        frameDecoder = decoder.frames if isinstance(decoder, ChannelDecoder) else decoder
+        frameDecoder = decoder.frameDecoder if isinstance(decoder, ChannelDecoder) else decoder
         assert frameDecoder.buffered <= maxFrame(frameDecoder), (
             frameDecoder.buffered,
             maxFrame(frameDecoder),
@@ -202,7 +202,7 @@ class FrameCodecTests(unittest.SynchronousTestCase):
         padding = b"\x00" * maxFrame(decoder)
         out = decoder.feed(data) + decoder.feed(padding)
         self.assertEqual(out, sent)
-        self.assertEqual(decoder.frames, len(sent))
+        self.assertEqual(decoder.decoded, len(sent))
         # Every byte that was not part of a frame was skipped and counted.
         framed = sum(len(raw(f)) for f in sent)
         self.assertEqual(decoder.skipped, len(data) - framed + len(padding))
@@ -213,7 +213,7 @@ class FrameCodecTests(unittest.SynchronousTestCase):
 
         wire = garbage[0] + b"".join(encodeFrame(f) + g for f, g in zip(sent, garbage[1:]))
         channel = ChannelDecoder(SMALL_PAYLOAD)
-        out = channel.feed(wire) + channel.feed(b"\x00" * maxFrame(channel.frames))
+        out = channel.feed(wire) + channel.feed(b"\x00" * maxFrame(channel.frameDecoder))
         self.assertEqual(out, sent)
 
     @PROPERTY
@@ -226,7 +226,7 @@ class FrameCodecTests(unittest.SynchronousTestCase):
         """
         wire = garbage[0] + b"".join(encodeFrame(f) + g for f, g in zip(sent, garbage[1:]))
         decoder = ChannelDecoder(SMALL_PAYLOAD)
-        out = decoder.feed(wire) + decoder.feed(b"\x00" * maxFrame(decoder.frames))
+        out = decoder.feed(wire) + decoder.feed(b"\x00" * maxFrame(decoder.frameDecoder))
         for item in out:
             self.assertIsInstance(item, Frame)
             self.assertIn(item, sent)
@@ -416,7 +416,7 @@ class DamageTests(unittest.SynchronousTestCase):
             pos += len(p)
         data, intact, partial = damage(b"".join(pieces), spans, *dmg)
         decoder = ChannelDecoder(SMALL_PAYLOAD)
-        out = decoder.feed(data) + decoder.feed(b"\x00" * maxFrame(decoder.frames))
+        out = decoder.feed(data) + decoder.feed(b"\x00" * maxFrame(decoder.frameDecoder))
         self._check(decoder, sent, out, intact, partial)
 
     def test_flipToLineFeedBeforeFF(self):
@@ -489,7 +489,7 @@ class ChannelDecoderTests(unittest.SynchronousTestCase):
                 wire += item[1]
         decoder = ChannelDecoder(SMALL_PAYLOAD)
         out = feedChunks(decoder, wire, cuts)
-        out += decoder.feed(b"\x00" * maxFrame(decoder.frames))
+        out += decoder.feed(b"\x00" * maxFrame(decoder.frameDecoder))
         self.assertEqual(out, expected)
 
     @PROPERTY
@@ -548,7 +548,7 @@ class ChannelDecoderTests(unittest.SynchronousTestCase):
         decoder = ChannelDecoder()
         self.assertEqual(decoder.feed(big[:1000]), [])
         self.assertEqual(decoder.feed(b"\n" + encodeFrame(ping)), [ping])
-        self.assertEqual(decoder.frames.buffered, 0)
+        self.assertEqual(decoder.frameDecoder.buffered, 0)
         self.assertGreaterEqual(decoder.skipped, 1000)
 
     def test_truncatedFrameWithoutLineFeedWaits(self):
