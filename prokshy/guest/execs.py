@@ -101,6 +101,7 @@ from prokshy.guest.execution import signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
 from prokshy.streams.interfaces import ISignalStreamProtocol, IStreamProtocol
 from prokshy.streams.stream import StreamRefused
+from prokshy.streams.throttle import Throttle
 from prokshy.wire import frames
 
 FEATURES = ("exec", "info", "signal", "stderr")
@@ -170,25 +171,6 @@ class Slots:
         Give a slot back: the first waiting acquisition gets it.
         """
         self.semaphore.release()
-
-
-class _StdinThrottle:
-    """
-    Lets the command's stdin pipe pause and resume the stream, but not stop
-    it: the pipe "stops" its producer whenever it closes, which is normal.
-    """
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def pauseProducing(self):
-        self.stream.pauseProducing()
-
-    def resumeProducing(self):
-        self.stream.resumeProducing()
-
-    def stopProducing(self):
-        pass
 
 
 @implementer(ICommandSink, IStreamProtocol, ISignalStreamProtocol)
@@ -308,7 +290,7 @@ class ExecStreamProtocol(Protocol):
     def _hookUp(self, execution):
         self.execution = ex = execution
         self.transport.registerProducer(ex, True)
-        ex.registerStdinProducer(_StdinThrottle(self.transport), True)
+        ex.registerStdinProducer(Throttle(self.transport), True)
         ex.done.addCallback(self._doneFired)
         for number in self._pendingSignals:
             ex.signal(number)

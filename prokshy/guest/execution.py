@@ -126,7 +126,7 @@ another state, which cannot fire as each dies with its state)::
 from __future__ import annotations
 
 import signal as _signal
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Union
 
 from automat import MethodicalMachine
 from zope.interface import implementer

@@ -5,7 +5,7 @@ serves many clients.
 
 Every frame kind passes through in both directions (data, stderr, EOF, exit,
 signal, close, reset).  Each stream throttles the other (it is registered as
-the other's producer, through L{_Throttle}), so credit windows run end to
+the other's producer, through L{prokshy.streams.throttle.Throttle}), so credit windows run end to
 end: a slow client pauses its VM stream, which stops granting credit to the
 guest, and nobody else is stalled.
 
@@ -17,35 +17,14 @@ a client that goes away cancels its command.
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from prokshy.link.session import SessionEnded
 from prokshy.streams.interfaces import IExecStreamProtocol, ISignalStreamProtocol, IStreamProtocol
 from prokshy.streams.stream import StreamError
+from prokshy.streams.throttle import Throttle
 from prokshy.wire import frames
-
-
-@implementer(IPushProducer)
-class _Throttle:
-    """
-    Lets one stream pause and resume the other, but not stop it: when a
-    stream ends it stops its producer before telling its protocol why, and
-    the protocol (L{_Side}) passes the real reason on.
-    """
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def pauseProducing(self):
-        self.stream.pauseProducing()
-
-    def resumeProducing(self):
-        self.stream.resumeProducing()
-
-    def stopProducing(self):
-        pass
 
 
 @implementer(IStreamProtocol, IExecStreamProtocol, ISignalStreamProtocol)
@@ -111,8 +90,8 @@ def relay(queue, client, clientStream, kind, args):
     def accepted(vmStream):
         vmSide.peer = clientStream
         clientSide.peer = vmStream
-        vmStream.registerProducer(_Throttle(clientStream), True)
-        clientStream.registerProducer(_Throttle(vmStream), True)
+        vmStream.registerProducer(Throttle(clientStream), True)
+        clientStream.registerProducer(Throttle(vmStream), True)
         result.callback(clientSide)
 
     def failed(failure):
