@@ -77,12 +77,16 @@ class FramedRun:
             except Exception:
                 pass
 
-    def targets(self):
+    async def targets(self):
         opts = self.options
         if (opts.vm or opts.all_vms) and not self.isDaemon:
             raise CLIError("--vm and --all-vms need a prokshy-host daemon", EXIT_USAGE)
         if opts.all_vms:
-            return list(self.hello.get("vms") or [])
+            if "vms" in self.hello:
+                return list(self.hello["vms"] or [])
+            # A daemon with too many VMs to list in its hello.
+            status = await self.session.status()
+            return [vm.get("name") for vm in status.get("vms") or []]
         return list(opts.vm or [None])
 
     async def run(self):
@@ -119,7 +123,7 @@ class FramedRun:
 
     async def _info(self):
         worst = 0
-        for vm in self.targets():
+        for vm in await self.targets():
             try:
                 info = await self.session.info(vm=vm)
             except Exception as e:
@@ -135,7 +139,7 @@ class FramedRun:
         return worst
 
     async def _exec(self):
-        vms = self.targets()
+        vms = await self.targets()
         if not vms:
             raise CLIError("the daemon has no VMs", EXIT_TRANSPORT)
         labelled = len(vms) > 1 and not self.options.json

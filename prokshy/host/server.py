@@ -36,6 +36,7 @@ no VM names, no features.
 """
 
 import hmac
+import json
 import time
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -59,6 +60,10 @@ MAX_CONNECTIONS = 1024
 HANDSHAKE_TIMEOUT = 10.0
 MAX_STREAMS_PER_CLIENT = 64
 FEATURES = ("exec", "info", "signal", "stderr", "status", "vm")
+#: The most bytes of JSON the VM names may take in the daemon's hello: the
+#: rest of the hello needs well under 1 KiB, and a hello line is at most
+#: 2048 bytes.  Beyond it, the hello lists no VMs (the status stream does).
+HELLO_VMS_BUDGET = 1024
 
 
 class StatusProtocol(Protocol):
@@ -112,7 +117,13 @@ class FramedClient(Protocol):
                 return "authentication required"
         config = self.link.config
         config.features = FEATURES
-        config.extra = {"server": "prokshy-host", "vms": self.daemon.names}
+        config.extra = {"server": "prokshy-host"}
+        names = list(self.daemon.names)
+        if len(json.dumps(names)) <= HELLO_VMS_BUDGET:
+            # Only while the list leaves the hello line room for the rest
+            # (a hello is at most 2048 bytes); clients ask the status
+            # stream for the VMs a hello does not list.
+            config.extra["vms"] = names
         return None
 
     def dataReceived(self, data):

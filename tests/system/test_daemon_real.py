@@ -406,3 +406,57 @@ class ListenFailureTests(TestCase):
             lines[0], "prokshy-host: cannot listen on tcp:%d:interface=127.0.0.1: Address already in use" % (port,)
         )
 
+
+
+class ManyVMsTests(TestCase):
+    """
+    A daemon with more VMs than its hello line can list (a hello is at most
+    2048 bytes) still answers every client's hello, and C{--all-vms} finds
+    every VM through the status stream.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_manyVMs(self):
+        from twisted.internet.endpoints import UNIXClientEndpoint
+
+        from prokshy.host.client import HostProtocol
+        from tests.hostharness import shortTempDir
+
+        directory = shortTempDir(self)
+        names = ["vm-%013d" % (i,) for i in range(150)]
+        options = hosttap.Options()
+        path = os.path.join(directory, "d.sock")
+        argv = ["--listen", "unix:%s" % (path,)]
+        for name in names:
+            argv += ["--vm", "%s=%s" % (name, os.path.join(directory, name + ".sock"))]
+        options.parseOptions(argv)
+        service = hosttap.makeService(options, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+
+        proto = yield UNIXClientEndpoint(reactor, path).connect(Factory.forProtocol(lambda: HostProtocol(reactor)))
+        lost = Deferred()
+        proto.whenLost(lambda reason: lost.callback(None))
+
+        def disconnect():
+            proto.transport.loseConnection()
+            return lost
+
+        self.addCleanup(disconnect)
+        session = yield proto.whenSession()
+        status = yield session.status()
+        self.assertEqual([vm["name"] for vm in status["vms"]], names)
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "prokshy.cli.main", "--socket-path", path, "--all-vms", "--command", "x", "--from-string", ""],
+            env=env,
+            reactor=reactor,
+        )
+        lines = err.decode().splitlines()
+        self.assertEqual(code, 255, err)
+        self.assertEqual(sorted({line.split(": ")[1] for line in lines}), sorted("vm " + n for n in names))
