@@ -21,6 +21,7 @@ from prokshy.streams.credit import MAX_CREDIT
 from prokshy.streams.interfaces import IStreamOwner
 from prokshy.streams.stream import (
     Stream,
+    StreamError,
     StreamRefused,
     StreamReset,
     decodeJSON,
@@ -29,6 +30,9 @@ from prokshy.streams.stream import (
 from prokshy.wire import frames
 
 DEFAULT_WINDOW = 256 * 1024
+#: The largest stream id (the frame header's 32 bits); ids are never reused
+#: within a session.
+MAX_STREAM_ID = 0xFFFFFFFF
 
 
 @implementer(ILinkListener, IStreamOwner)
@@ -139,7 +143,9 @@ class Mux:
         if ftype == frames.OPEN:
             self._remoteOpen(frame)
             return
-        if ftype in (frames.ACCEPT, frames.REFUSE) and sid in self._pending:
+        if ftype in (frames.ACCEPT, frames.REFUSE, frames.RESET) and sid in self._pending:
+            # (A RESET answering an OPEN breaks the spec, which says REFUSE;
+            # it is taken as a refusal rather than leaving the open hanging.)
             self._openAnswered(frame)
             return
         stream = self.streams.get(sid)
@@ -165,6 +171,8 @@ class Mux:
         if not self.connected:
             raise NotConnected("no session")
         sid = self._nextId
+        if sid > MAX_STREAM_ID:
+            raise StreamError("stream ids exhausted: this session can open no more streams")
         self._nextId += 2
         stream = Stream(self, sid, kind, args, self.window)
         d = Deferred()
@@ -185,7 +193,7 @@ class Mux:
             obj = decodeJSON(frame.payload)
         except ValueError:
             obj = {}
-        if frame.type == frames.REFUSE:
+        if frame.type in (frames.REFUSE, frames.RESET):
             d.errback(
                 StreamRefused(str(obj.get("code", "refused")), str(obj.get("message", "")))
             )

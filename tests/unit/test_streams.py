@@ -21,6 +21,7 @@ from prokshy.streams.mux import DEFAULT_WINDOW, Mux
 from prokshy.streams.stream import (
     Stream,
     StreamAddress,
+    StreamError,
     StreamRefused,
     StreamReset,
     decodeJSON,
@@ -225,6 +226,37 @@ class OpenTests(StreamTestCase):
         self.assertEqual((refusal.code, refusal.message), ("no-such-command", "no nope here"))
         self.assertEqual(str(result.value), "no-such-command: no nope here")
         self.assertEqual((self.hostMux.streams, self.guestMux.streams), ({}, {}))
+
+    def test_resetAnsweringOpen(self):
+        """
+        A peer that answers an OPEN with RESET (the spec says REFUSE) fails
+        the open with its code instead of leaving it pending forever.
+        """
+        self.connect(lambda stream: Collector())
+        results = []
+        self.hostMux.openStream("exec", {"name": "x"}, Collector()).addBoth(results.append)
+        # The guest's mux answers the OPEN with a RESET instead of a REFUSE.
+        self.guestMux._remoteOpen = lambda frame: self.guestMux.send(
+            frames.RESET, frame.stream, encodeJSON({"code": "nope", "message": "reset"})
+        )
+        self.runUntil(lambda: results)
+        results[0].trap(StreamRefused)
+        self.assertEqual(results[0].value.code, "nope")
+        self.assertEqual(self.hostMux.streams, {})
+
+    def test_idsExhausted(self):
+        """
+        Stream ids are 32 bits and never reused in a session: once they are
+        used up, opening fails at once with a clear error, and the session
+        goes on.
+        """
+        self.connect(lambda stream: Collector())
+        self.hostMux._nextId = 0xFFFFFFFF
+        last = self.open(self.hostMux, "info", {}, Collector())
+        self.assertEqual(last.id, 0xFFFFFFFF)
+        error = self.assertRaises(StreamError, self.hostMux.openStream, "info", {}, Collector())
+        self.assertIn("stream ids exhausted", str(error))
+        self.assertTrue(self.pair.up)
 
     def test_deferredAccept(self):
         """
