@@ -17,7 +17,7 @@ how far the peer has read, which either proves the missing frames lost
 
     expiry         after                                        then
     -------------  -------------------------------------------  ----------------
-    first          2.5 RTT + 5 ms (15 ms before any RTT) with    a checkpoint
+    first          2.5 RTT + 5 ms (30 ms before any RTT) with    a checkpoint
                    no acknowledgement progress
     each further   RTO: 3 RTT + 50 ms within [rtoMin, rtoMax]    a checkpoint
                    (0.5 s before any RTT), doubling up to
