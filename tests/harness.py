@@ -35,7 +35,9 @@ Helpers: L{waitFor} polls a predicate, L{sleep} lets the reactor run,
 L{withTimeout} bounds a Deferred so that a hang is a failure, L{groupAlive}
 and L{groupMembers} look for a command's live processes (zombies do not
 count), L{rssBytes} reads a process's resident memory and L{bytesWritten}
-what it has written (C{/proc}, Linux).
+what it has written (C{/proc}, Linux).  L{HostHellos} counts the host's
+hellos (probes) through a simulator, so that a test bounds how many probes
+a session needed rather than how long it took.
 
 Agent options: C{--run-dir} inside the rig's directory and
 L{DEFAULT_AGENT_ARGS} (a short kill grace) come before the test's own, so
@@ -57,6 +59,7 @@ import prokshy
 from prokshy.host.client import HostProtocol
 from prokshy.sim.vmsim import BHYVE, DEFAULT_GUEST_BUFFER, VMSim
 from prokshy.tap import guest as guestTap
+from prokshy.wire.channel import HelloError, parseHello
 
 #: Seconds between polls in L{waitFor}.
 POLL = 0.01
@@ -300,6 +303,57 @@ class HostClient:
             return succeed(None)
         self.protocol.transport.loseConnection()
         return self.lost
+
+
+class HostHellos:
+    """
+    Counts the host hellos (the host's probes) that a L{VMSim} passes on
+    toward the guest, by watching its channel policy's C{toGuest}: a test
+    can then bound how many probes a new session needed, not how long it
+    took.
+
+    A hello line is C{LF 0xFF "PROKSHY" SP JSON LF} with C{"role":"host"}
+    (docs/protocol.md, parsed by L{prokshy.wire.channel.parseHello});
+    frames never hold a raw LF, so the bytes are split into lines and only
+    whole lines that are host hellos count.
+
+    @ivar count: host hellos seen so far.
+    """
+
+    #: A partial line longer than this is not a hello (hellos are short).
+    MAX_LINE = 64 * 1024
+
+    def __init__(self, sim):
+        self.count = 0
+        self._partial = b""
+        self._discarding = False
+        policy = sim.policy
+        original = policy.toGuest
+
+        def toGuest(data):
+            self._feed(data)
+            return original(data)
+
+        policy.toGuest = toGuest
+
+    def _feed(self, data):
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if self._discarding and lines:
+            # the rest of an over-long line: not a hello
+            self._discarding = False
+            lines.pop(0)
+        if len(self._partial) > self.MAX_LINE:
+            self._partial = b""
+            self._discarding = True
+        for line in lines:
+            if line.startswith(b"\xff"):
+                try:
+                    hello = parseHello(line)
+                except HelloError:
+                    continue
+                if hello.get("role") == "host":
+                    self.count += 1
 
 
 class RawClient(Protocol):
@@ -594,6 +648,7 @@ __all__ = [
     "AgentProcess",
     "DEFAULT_AGENT_ARGS",
     "HostClient",
+    "HostHellos",
     "InProcessAgent",
     "PACKAGE_ROOT",
     "POLL",

@@ -22,6 +22,10 @@ bytes, so all files live in a short temporary directory under C{/tmp}.
 Options: C{daemon=False} (VMs only, for clients of a VM's own socket),
 C{external=True} (each VM, simulator and agent, in a child process running
 L{vmMain}: C{python -m tests.hostharness SOCKET DEVICE COMMAND_DIR ...}).
+For tests that prove by counts and causes what they would otherwise time:
+C{countConnects=True} (count, and hold, the daemon's connects toward its VMs:
+L{VMConnects}), C{recordLegacy=True} and C{legacyArgWait=SECONDS} (the
+daemon's line-protocol clients, recorded, with another argument wait).
 
 Typical use::
 
@@ -306,6 +310,108 @@ def vmMain(argv):
     reactor.run()
 
 
+class VMConnects:
+    """
+    The daemon's connection attempts toward its VMs' sockets, counted per
+    socket path; attempts toward a path can be held (left pending, as a
+    connect to a stuck socket is) and released (failed, as the endpoint's
+    own timeout would fail them).  Installed by L{HostHarness} with
+    C{countConnects=True}, in place of the C{UNIXClientEndpoint} that
+    L{prokshy.host.vm.VMConnection} builds for its socket.
+
+    A test then proves causally what it would otherwise time: that a
+    refusal made no connect attempt and waited for none (the one attempt
+    in flight stays pending throughout), or that a daemon reached its VM
+    at its first attempt (no retry, so no backoff).
+    """
+
+    def __init__(self):
+        self._attempts = {}
+        self._held = set()
+        self._pending = {}
+
+    def endpoint(self, reactor, path, *args, **kwargs):
+        """
+        Build the wrapping endpoint (the signature of C{UNIXClientEndpoint}).
+        """
+        return _CountedEndpoint(self, UNIXClientEndpoint(reactor, path, *args, **kwargs), path)
+
+    def reset(self):
+        """
+        Count afresh (e.g. for a daemon about to start).
+        """
+        self._attempts.clear()
+
+    def attempts(self, path):
+        """
+        How many connects toward C{path} were started (since L{reset}).
+        """
+        return self._attempts.get(path, 0)
+
+    def pending(self, path):
+        """
+        How many held connects toward C{path} are pending now.
+        """
+        return len([d for d in self._pending.get(path, []) if not d.called])
+
+    def hold(self, path):
+        """
+        From now on, connects toward C{path} stay pending until L{release}.
+        """
+        self._held.add(path)
+
+    def release(self, path):
+        """
+        Connect normally again toward C{path}; the held connects fail with a
+        timeout (the daemon retries by its own policy).
+        """
+        from twisted.internet.error import TimeoutError
+
+        self._held.discard(path)
+        for d in self._pending.pop(path, []):
+            if not d.called:
+                d.errback(TimeoutError("the test held this connect"))
+
+    def _connect(self, endpoint, path, factory):
+        self._attempts[path] = self._attempts.get(path, 0) + 1
+        if path in self._held:
+            d = Deferred()
+            self._pending.setdefault(path, []).append(d)
+            return d
+        return endpoint.connect(factory)
+
+
+class _CountedEndpoint:
+    def __init__(self, connects, endpoint, path):
+        self._connects = connects
+        self._endpoint = endpoint
+        self._path = path
+
+    def connect(self, factory):
+        return self._connects._connect(self._endpoint, self._path, factory)
+
+
+def _legacyClientClass(harness, argWait):
+    """
+    The daemon's L{prokshy.host.legacy.LegacyClient}, recording its
+    instances in C{harness.legacyClients} and, if C{argWait} is not None,
+    with that argument wait (seconds a bare name waits for its argument
+    line) instead of the original protocol's 1 s.
+    """
+    from prokshy.host import legacy
+
+    base = legacy.LegacyClient
+
+    class RecordedLegacyClient(base):
+        def __init__(self, *args, **kwargs):
+            base.__init__(self, *args, **kwargs)
+            if argWait is not None:
+                self.handler.argWait = argWait
+            harness.legacyClients.append(self)
+
+    return RecordedLegacyClient
+
+
 class _Collector(Protocol):
     """
     A line-protocol client: sends a request, collects until the peer closes.
@@ -350,11 +456,22 @@ class HostHarness:
         from a process holding thousands of descriptors (all the clients'
         sockets) spends most of its time closing them in each child; a real
         agent runs apart from the host.
+    @param countConnects: count (and let the test hold) the daemon's
+        connection attempts toward the VMs' sockets: see L{VMConnects}
+        (C{connects}).
+    @param recordLegacy: record the daemon's line-protocol clients in
+        C{legacyClients}.
+    @param legacyArgWait: if not None, the daemon's line-protocol clients
+        wait this many seconds (instead of 1) for a bare name's argument
+        line (implies C{recordLegacy}).
 
     @ivar unixPath: the daemon's unix listener.
     @ivar tcpPorts: the ports of its TCP listeners, in C{--listen} order.
     @ivar tcpPort: the first of them, or None.
     @ivar service: the daemon's service; C{daemon} is C{service.daemon}.
+    @ivar connects: the L{VMConnects}, or None.
+    @ivar legacyClients: the daemon's L{prokshy.host.legacy.LegacyClient}s,
+        in order (with C{recordLegacy} or C{legacyArgWait}).
     @ivar throttle: when true (the default), at most L{CONNECTS_IN_FLIGHT}
         client connection attempts are in flight at once (for L{connect},
         until the session is up); the connections themselves, and their
@@ -380,6 +497,9 @@ class HostHarness:
         external=False,
         daemon=True,
         reactor=None,
+        countConnects=False,
+        recordLegacy=False,
+        legacyArgWait=None,
     ):
         self.testCase = testCase
         self.reactor = reactor if reactor is not None else globalReactor
@@ -403,6 +523,17 @@ class HostHarness:
         self._started = False
         self.throttle = True
         self._connecting = DeferredSemaphore(CONNECTS_IN_FLIGHT)
+        self.connects = None
+        self.legacyClients = []
+        if countConnects:
+            from prokshy.host import vm as hostvm
+
+            self.connects = VMConnects()
+            testCase.patch(hostvm, "UNIXClientEndpoint", self.connects.endpoint)
+        if recordLegacy or legacyArgWait is not None:
+            from prokshy.host import legacy
+
+            testCase.patch(legacy, "LegacyClient", _legacyClientClass(self, legacyArgWait))
 
     # -- the stack ----------------------------------------------------------
 

@@ -8,20 +8,37 @@ See L{tests.hostharness}.
 
 import os
 import socket
-import time
 
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
 
 from prokshy.host.client import SessionRefused
 from prokshy.streams.stream import StreamRefused
 from prokshy.tap import host as hosttap
+from tests.harness import HostHellos, withTimeout
 from tests.hostharness import HostHarness, groupAlive, hostsideOf, serverConnections, sleep, waitFor
 
 #: The guest's limits, raised so that 200 concurrent commands are not refused.
 MANY = ["--max-concurrency", "32", "--max-queue", "1000"]
+
+#: A bare name's argument wait for the tests that prove a bare name runs
+#: without it: an hour, so that output arriving at all proves the wait was
+#: skipped (the 1 s of the original protocol would only be timed).
+NO_ARGUMENT_COMING = 3600.0
+
+#: How long a test waits for something that happens at once (a liveness
+#: bound only, far above the time it takes even on a loaded machine: the
+#: claim itself is proven by counts and causes, not by this).
+LIVENESS = 30.0
+
+#: Host hellos (probes) a new session may take once the guest can read
+#: them: it answers the first one it reads, so 1 is the rule; one more may
+#: be on its way while the answer travels.  Three would take the guest
+#: being deaf to two probes in a row, 1 s at the daemon's 0.5 s interval.
+MAX_PROBES = 3
 
 
 @inlineCallbacks
@@ -123,14 +140,44 @@ class ManyClientsTests(TestCase):
         """
         The daemon closes a line-protocol connection C{--legacy-linger}
         seconds after the output ends: not before, and not much later.
+
+        Not timed but shown by its cause: once the output is in, the daemon
+        holds one close timer for the connection, due C{linger} seconds
+        after it was set (that is, after the output ended) and never before
+        the request; the connection stays open until that timer runs, and
+        it is that timer that closes it.
         """
-        h = yield HostHarness(self, linger=0.4).start()
-        start = time.monotonic()
-        out = yield h.legacy(b"cat\nabc\n")
-        elapsed = time.monotonic() - start
-        self.assertEqual(out, b"abc")
-        self.assertGreaterEqual(elapsed, 0.4)
-        self.assertLess(elapsed, 1.4)
+        linger = 0.4
+        h = yield HostHarness(self, linger=linger).start()
+        received = []
+        lost = Deferred()
+
+        class Client(Protocol):
+            def connectionMade(self):
+                self.transport.write(b"cat\nabc\n")
+
+            def dataReceived(self, data):
+                received.append(data)
+
+            def connectionLost(self, reason):
+                lost.callback(reactor.seconds())
+
+        start = reactor.seconds()
+        yield h.unixEndpoint().connect(Factory.forProtocol(Client))
+        yield waitFor(lambda: b"".join(received) == b"abc", "the output", LIVENESS)
+        yield waitFor(lambda: _lingerCloses() or lost.called, "the daemon to set its close timer", LIVENESS)
+        seen = reactor.seconds()
+        closes = _lingerCloses()
+        self.assertFalse(lost.called, "the daemon closed the connection without its linger timer")
+        self.assertEqual(len(closes), 1, closes)
+        [close] = closes
+        # set after the request, for linger seconds
+        self.assertGreaterEqual(close.getTime(), start + linger)
+        self.assertLessEqual(close.getTime(), seen + linger)
+        closedAt = yield lost
+        self.assertEqual(b"".join(received), b"abc")
+        self.assertTrue(close.called, "the connection closed before its linger timer ran")
+        self.assertGreaterEqual(closedAt, start + linger)
 
     @inlineCallbacks
     def test_legacyHalfCloseRunsBareName(self):
@@ -138,12 +185,16 @@ class ManyClientsTests(TestCase):
         A line-protocol client that half-closes after a bare name (like
         C{echo vmname | nc -U ...}) gets the output without the 1 s wait for
         an argument line.
+
+        The daemon's argument wait is an hour here: the output can only come
+        because the half-close ran the name.
         """
-        h = yield HostHarness(self, linger=0.1).start()
-        start = time.monotonic()
-        out = yield h.legacy(b"vmname\n", halfClose=True)
+        h = yield HostHarness(self, linger=0.1, legacyArgWait=NO_ARGUMENT_COMING).start()
+        out = yield withTimeout(
+            h.legacy(b"vmname\n", halfClose=True), LIVENESS, "the output (the daemon waits for an argument line?)"
+        )
         self.assertEqual(out, b"vm1\n")
-        self.assertLess(time.monotonic() - start, 0.9)
+        self.assertEqual([c.handler.argWait for c in h.legacyClients], [NO_ARGUMENT_COMING])
 
     @inlineCallbacks
     def test_legacyBadNameIgnored(self):
@@ -167,13 +218,18 @@ class ManyClientsTests(TestCase):
         prokshy/host/legacy.py, LegacyClient.readConnectionLost) acts only
         when nothing runs and nothing is queued; the end of input is not
         remembered for the lines still queued.
+
+        The daemon's argument wait is an hour here: the output can only come
+        because the end of input ran the queued name.
         """
-        h = yield HostHarness(self, linger=0.1).start()
-        start = time.monotonic()
-        out = yield h.legacy(b"cat first\nvmname\n", halfClose=True)
-        elapsed = time.monotonic() - start
+        h = yield HostHarness(self, linger=0.1, legacyArgWait=NO_ARGUMENT_COMING).start()
+        out = yield withTimeout(
+            h.legacy(b"cat first\nvmname\n", halfClose=True),
+            LIVENESS,
+            "the output (the daemon waits for an argument line?)",
+        )
         self.assertEqual(out, b"firstvm1\n")
-        self.assertLess(elapsed, 0.9)
+        self.assertEqual([c.handler.argWait for c in h.legacyClients], [NO_ARGUMENT_COMING])
 
 
 class VMDownTests(TestCase):
@@ -189,9 +245,19 @@ class VMDownTests(TestCase):
         While a VM's socket is gone, framed and legacy clients get a fast
         clear refusal; once a new VM is on the same path and its agent is
         ready, the daemon has a session again within 2 s.
+
+        Fast, shown by its cause: the refusals come from the VM's state.
+        While they are asked for, the daemon's connect toward the VM hangs
+        (held by the test, as a stuck socket would): they neither start a
+        connect nor wait for the one in flight, and nothing is queued for
+        the VM.  Back within 2 s: the daemon reaches the VM at its first
+        connect after the test lets connects through (no failed attempt to
+        back off from), and its session at the first probe or so the agent
+        can read.
         """
-        h = yield HostHarness(self, vms=("a", "b")).start()
+        h = yield HostHarness(self, vms=("a", "b"), countConnects=True).start()
         vm = h.vms["a"]
+        path = vm.socketPath
         session = yield h.connect()
         result = yield session.exec("vmname", vm="a")
         self.assertEqual(result.stdout, b"a\n")
@@ -199,10 +265,16 @@ class VMDownTests(TestCase):
 
         yield vm.stopSim()
         yield waitFor(lambda: h.daemon.vms["a"].state == "connecting", "vm a down")
+        # the daemon keeps trying (once a second at most): its next connect hangs
+        h.connects.hold(path)
+        yield waitFor(lambda: h.connects.pending(path) == 1, "a connect toward vm a in flight", LIVENESS)
+        attempts = h.connects.attempts(path)
 
-        start = time.monotonic()
-        e = yield _expectRefused(self, session.exec("vmname", vm="a"), "vm-unavailable")
-        self.assertLess(time.monotonic() - start, 0.5)
+        e = yield withTimeout(
+            _expectRefused(self, session.exec("vmname", vm="a"), "vm-unavailable"),
+            LIVENESS,
+            "the refusal (the daemon waits for its connect toward the VM?)",
+        )
         self.assertTrue(e.message.startswith("not connected since"), e.message)
         # a client that named the VM is not told its name again (the CLI
         # says "vm a: ..." itself)
@@ -218,20 +290,33 @@ class VMDownTests(TestCase):
         result = yield other.exec("vmname", vm="b")
         self.assertEqual(result.stdout, b"b\n")
         # a legacy client gets one line and the connection closes
-        start = time.monotonic()
         out = yield h.legacy(b"vmname\n\n")
-        self.assertLess(time.monotonic() - start, 1.5)
         self.assertTrue(out.startswith(b"prokshy-host: vm a: not connected since"), out)
         self.assertEqual(out.count(b"\n"), 1, out)
         self.assertTrue(out.endswith(b"\n"), out)
+        # all of them from the state: no connect started, the one in flight
+        # still pending (not waited for), nothing queued for the VM
+        self.assertEqual(h.connects.attempts(path), attempts)
+        self.assertEqual(h.connects.pending(path), 1)
+        self.assertEqual(h.daemon.vms["a"].state, "connecting")
+        self.assertEqual(h.daemon.vms["a"].queue.status()["waiting"], 0)
+        self.assertEqual(h.daemon.vms["a"].queue.status()["execs_in_flight"], 0)
 
         # the VM comes back on the same path; its agent reopens the device
         vm.startSim()
+        hellos = HostHellos(vm.sim)
         yield waitFor(
-            lambda: vm.deviceService.protocol not in (None, oldDevice), "the agent to reopen its device", 10
+            lambda: vm.deviceService.protocol not in (None, oldDevice), "the agent to reopen its device", LIVENESS
         )
-        waited = yield h.waitUp(timeout=2.0, names=["a"])
-        self.assertLess(waited, 2.0)
+        probes = hellos.count
+        # the held connect fails (as its timeout would); the daemon's retry
+        # is at most 1 s away (its backoff is capped at 1 s)
+        attempts = h.connects.attempts(path)
+        h.connects.release(path)
+        # "within 2 s": not timed, but a liveness bound 5x above it
+        yield h.waitUp(timeout=10.0, names=["a"])
+        self.assertEqual(h.connects.attempts(path), attempts + 1, "the daemon needed more than one connect")
+        self.assertLessEqual(hellos.count - probes, MAX_PROBES)
         result = yield session.exec("vmname", vm="a")
         self.assertEqual(result.stdout, b"a\n")
         self.assertEqual(h.daemon.vms["a"].sessions, 2)
@@ -261,28 +346,50 @@ class RestartTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def _servesWithin(self, h, limit):
-        start = time.monotonic()
-        yield h.waitUp(timeout=limit)
+    def _servesAtOnce(self, h, hellos, refused):
+        """
+        The daemon just started serves, without backing off: not timed (the
+        claim is "within 1 s"), but shown by counts.  It reached the VM at
+        its first connect, or at its second when the VM refused the first
+        because it still served the old daemon's connection (bhyve serves
+        one client; the VM may see the old one go a moment after the new one
+        came): a single retry, at the backoff's first delay (0.2 s; it only
+        grows with more failures, up to 1 s).  Its session came up at its first probe
+        or so (the guest, told GOODBYE by the old daemon, answers the first
+        hello it reads), and the first client connection is served.
+
+        @param hellos: the L{HostHellos} of the VM, made before the daemon
+            started.
+        @param refused: the VM's count of refused clients then.
+        """
+        vm = h.vms["vm1"]
+        # a liveness bound only, 10x the claim
+        yield h.waitUp(timeout=10.0)
+        retries = h.connects.attempts(vm.socketPath) - 1
+        self.assertLessEqual(retries, 1, "the daemon backed off")
+        self.assertEqual(vm.sim.counters.clientsRefused - refused, retries, "a connect failed, not refused by the VM")
+        self.assertEqual(h.daemon.vms["vm1"].sessions, 1)
+        self.assertGreaterEqual(hellos.count, 1)
+        self.assertLessEqual(hellos.count, MAX_PROBES)
         session = yield h.connect()
         result = yield session.exec("cat", b"again")
-        elapsed = time.monotonic() - start
         self.assertEqual(result.stdout, b"again")
-        self.assertLess(elapsed, limit)
-        return elapsed
 
     @inlineCallbacks
     def test_daemonRestart(self):
         """
         A daemon stopped and started again serves within 1 s.
         """
-        h = yield HostHarness(self).start()
+        h = yield HostHarness(self, countConnects=True).start()
         session = yield h.connect()
         result = yield session.exec("cat", b"first")
         self.assertEqual(result.stdout, b"first")
         yield h.stopDaemon()
+        h.connects.reset()
+        hellos = HostHellos(h.vms["vm1"].sim)
+        refused = h.vms["vm1"].sim.counters.clientsRefused
         h.startDaemon()
-        yield self._servesWithin(h, 1.0)
+        yield self._servesAtOnce(h, hellos, refused)
 
     @inlineCallbacks
     def test_daemonRestartAfterCrash(self):
@@ -290,7 +397,7 @@ class RestartTests(TestCase):
         A stale unix socket and lock left by a crashed daemon are replaced
         (C{lockfile=1}): the new daemon listens and serves within 1 s.
         """
-        h = yield HostHarness(self, tcp=False).start()
+        h = yield HostHarness(self, tcp=False, countConnects=True).start()
         yield h.stopDaemon()
         # What a killed daemon leaves: the socket file and a lock naming a
         # dead process.
@@ -300,9 +407,12 @@ class RestartTests(TestCase):
         deadPid = _deadPid()
         os.symlink(str(deadPid), h.unixPath + ".lock")
         self.assertTrue(os.path.exists(h.unixPath))
+        h.connects.reset()
+        hellos = HostHellos(h.vms["vm1"].sim)
+        refused = h.vms["vm1"].sim.counters.clientsRefused
         h.startDaemon()
         self.assertEqual(len(h.ports), 1, "the unix listener did not start")
-        yield self._servesWithin(h, 1.0)
+        yield self._servesAtOnce(h, hellos, refused)
 
     @inlineCallbacks
     def test_guestRestart(self):
@@ -313,20 +423,34 @@ class RestartTests(TestCase):
         The restart is timed for the worst case: right after the daemon
         heard from the agent (a PONG), so that the daemon cannot tell by
         silence sooner than its probe allows.
+
+        Not timed, but shown by its cause: the daemon learns of the restart
+        from the guest (its GOODBYE, or the new agent's hello answering a
+        probe), never from its silence (C{--dead-after}, 8 s), and the new
+        agent answers the first probe or so it can read.
         """
         h = yield HostHarness(self).start()
         session = yield h.connect()
         vm = h.vms["vm1"]
-        before = h.daemon.vms["vm1"].sessions
-        yield _afterPong(h.daemon.vms["vm1"].protocol.link)
+        daemonVM = h.daemon.vms["vm1"]
+        before = daemonVM.sessions
+        ends = []
+        daemonVM.protocol.mux.whenDown(lambda why: ends.append(str(why)))
+        hellos = HostHellos(vm.sim)
+        yield _afterPong(daemonVM.protocol.link)
         yield vm.stopAgent()
         vm.startAgent()
-        start = time.monotonic()
-        yield waitFor(lambda: h.daemon.vms["vm1"].sessions > before and h.daemon.vms["vm1"].state == "up",
-                      "a new session", 2.0)
+        yield waitFor(lambda: vm.deviceOpen, "the new agent to open its device", LIVENESS)
+        probes = hellos.count
+        yield waitFor(lambda: daemonVM.sessions > before and daemonVM.state == "up", "a new session", LIVENESS)
+        self.assertEqual(len(ends), 1, ends)
+        self.assertTrue(
+            "goodbye (agent stopping)" in ends[0] or "guest restarted" in ends[0], ends
+        )
+        self.assertLessEqual(hellos.count - probes, MAX_PROBES)
+        self.assertEqual(daemonVM.sessions, before + 1)
         result = yield session.exec("cat", b"after restart")
         self.assertEqual(result.stdout, b"after restart")
-        self.assertLess(time.monotonic() - start, 2.0)
 
 
 def _serverConnections():
@@ -334,6 +458,20 @@ def _serverConnections():
     The daemon's side of client connections still open.
     """
     return [c for c in serverConnections(reactor) if "d.sock" in str(c.getHost()) or hasattr(c.getHost(), "port")]
+
+
+def _lingerCloses():
+    """
+    Pending delayed calls that would close the daemon's side of a client
+    connection (the line protocol's linger).
+    """
+    return [
+        call
+        for call in reactor.getDelayedCalls()
+        if call.active()
+        and getattr(call.func, "__name__", "") == "loseConnection"
+        and isinstance(getattr(call.func, "__self__", None), tcp.Server)
+    ]
 
 
 def _danglingCloses():
@@ -389,7 +527,7 @@ class CancelTests(TestCase):
 
     @inlineCallbacks
     def _pidOf(self, chunks):
-        yield waitFor(lambda: b"\n" in b"".join(chunks), "the pid", 5)
+        yield waitFor(lambda: b"\n" in b"".join(chunks), "the pid", 10)
         pid = int(b"".join(chunks).split(b"\n")[0])
         self.assertTrue(groupAlive(pid), "the command is not running")
         return pid
@@ -408,10 +546,10 @@ class CancelTests(TestCase):
         running.result.addErrback(lambda f: None)
         pid = yield self._pidOf(chunks)
         yield h.closeClient(proto)
-        yield waitFor(lambda: not groupAlive(pid), "the remote process group to die", 5)
+        yield waitFor(lambda: not groupAlive(pid), "the remote process group to die", 10)
         # the VM's session survives, with nothing left open
         self.assertEqual(h.daemon.vms["vm1"].state, "up")
-        yield waitFor(lambda: not hostsideOf(h).mux.streams, "the VM stream to close", 2)
+        yield waitFor(lambda: not hostsideOf(h).mux.streams, "the VM stream to close", 10)
 
     @inlineCallbacks
     def test_framedCancel(self):
@@ -426,7 +564,7 @@ class CancelTests(TestCase):
         running.result.addErrback(lambda f: None)
         pid = yield self._pidOf(chunks)
         running.cancel()
-        yield waitFor(lambda: not groupAlive(pid), "the remote process group to die", 5)
+        yield waitFor(lambda: not groupAlive(pid), "the remote process group to die", 10)
         result = yield session.exec("cat", b"still here")
         self.assertEqual(result.stdout, b"still here")
 
@@ -453,9 +591,9 @@ class CancelTests(TestCase):
         pid = yield self._pidOf(chunks)
         proto.transport.abortConnection()
         yield lost
-        yield waitFor(lambda: not groupAlive(pid), "the remote process group to die", 5)
-        yield waitFor(lambda: not hostsideOf(h).mux.streams, "the VM stream to close", 2)
-        yield waitFor(lambda: not _serverConnections(), "the daemon to close its side", 2)
+        yield waitFor(lambda: not groupAlive(pid), "the remote process group to die", 10)
+        yield waitFor(lambda: not hostsideOf(h).mux.streams, "the VM stream to close", 10)
+        yield waitFor(lambda: not _serverConnections(), "the daemon to close its side", 10)
         return h
 
     @inlineCallbacks
@@ -580,7 +718,7 @@ class AuthTests(TestCase):
         proto = yield self.h.connectProtocol(self.remote, token=None)
         yield self.assertFailure(proto.whenSession(), SessionRefused)
         yield proto.lostD
-        yield waitFor(lambda: not _serverConnections(), "the daemon to close its side", 2)
+        yield waitFor(lambda: not _serverConnections(), "the daemon to close its side", 10)
         # see test_refusalLeavesNoTimer
         yield sleep(0.15)
 
@@ -599,7 +737,7 @@ class AuthTests(TestCase):
         proto = yield self.h.connectProtocol(self.remote, token=None)
         yield self.assertFailure(proto.whenSession(), SessionRefused)
         yield proto.lostD
-        yield waitFor(lambda: not _serverConnections(), "the daemon to close its side", 2)
+        yield waitFor(lambda: not _serverConnections(), "the daemon to close its side", 10)
         dangling = [str(call) for call in _danglingCloses()]
         yield sleep(0.15)
         self.assertEqual(dangling, [])
@@ -681,7 +819,7 @@ class StatusTests(TestCase):
         session = yield h.connect()
         # an RTT needs a ping round trip (every 1 s)
         yield waitFor(
-            lambda: all(vm.protocol.link.rtt is not None for vm in h.daemon.vms.values()), "an RTT", 3
+            lambda: all(vm.protocol.link.rtt is not None for vm in h.daemon.vms.values()), "an RTT", 10
         )
         chunks = []
         running = yield session.execStream("pidsleep", chunks.append, chunks.append, vm="b")
@@ -698,7 +836,9 @@ class StatusTests(TestCase):
             self.assertGreater(vm["session_age"], 0)
             self.assertIsInstance(vm["rtt_ms"], float)
             self.assertGreaterEqual(vm["rtt_ms"], 0)
-            self.assertLess(vm["rtt_ms"], 1000)
+            # in milliseconds, and measured within the session: no round
+            # trip outlasts it (not a bound on the machine's speed)
+            self.assertLessEqual(vm["rtt_ms"], vm["session_age"] * 1000)
             self.assertGreater(vm["bytes_in"], 0)
             self.assertGreater(vm["bytes_out"], 0)
             # the cooked pty's echo of the daemon's first hellos, before
@@ -760,11 +900,17 @@ class CreditTests(TestCase):
         yield sleep(0.5)
         self.assertEqual(received, [])
         data = os.urandom(2 * 1024 * 1024)
-        start = time.monotonic()
-        result = yield fast.exec("cat", data)
-        fastTime = time.monotonic() - start
+        # Not stalled, shown by its cause rather than timed: the fast
+        # transfer completes while the slow client is still paused and has
+        # been given nothing, so it needed nothing of the slow one.  (A
+        # stall would wait for the slow client for ever; the timeout is a
+        # liveness bound only.)
+        result = yield withTimeout(
+            fast.exec("cat", data), 45, "the fast client's transfer (stalled behind the paused one?)"
+        )
         self.assertEqual(result.stdout, data)
-        self.assertLess(fastTime, 15)
+        self.assertEqual(received, [])
+        self.assertIsNotNone(vmStream(), "the slow command's output was all taken in meanwhile")
         yield sleep(0.3)
         # The paused stream's output is held back at the guest: the daemon
         # has taken in no more than the windows allow (client window 256K
