@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host -*-
+# -*- test-case-name: tests.system.test_host -*-
 """
 The original line protocol, served by the host daemon on a VM's session.
 

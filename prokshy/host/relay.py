@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host -*-
+# -*- test-case-name: tests.system.test_host -*-
 """
 Relays a client's stream onto a VM's session, so that one VM connection
 serves many clients.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host -*-
+# -*- test-case-name: tests.system.test_host -*-
 """
 The host daemon's client side: every listener speaks two protocols, told
 apart by the first bytes a client sends.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host -*-
+# -*- test-case-name: tests.system.test_host -*-
 """
 One VM as the host daemon sees it: a persistent connection to its console
 socket, re-established with backoff, and a framed session on it.

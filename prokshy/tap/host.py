@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_host -*-
+# -*- test-case-name: tests.system.test_host -*-
 """
 C{twistd prokshy-host}: Options and makeService for the host daemon.
 
