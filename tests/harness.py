@@ -101,28 +101,29 @@ def shortTempDir(testCase, prefix="pk"):
     return path
 
 
-def sleep(seconds):
+def sleep(seconds, clock=reactor):
     """
-    @return: a Deferred firing after C{seconds} of reactor time.
+    @return: a Deferred firing after C{seconds} of C{clock}'s time.
     """
-    return task.deferLater(reactor, seconds, lambda: None)
+    return task.deferLater(clock, seconds, lambda: None)
 
 
 @inlineCallbacks
-def waitFor(predicate, what, timeout=5.0, interval=POLL):
+def waitFor(predicate, what, timeout=5.0, interval=POLL, clock=reactor):
     """
-    Poll C{predicate} until it returns something true; return that.
+    Poll C{predicate} every C{interval} seconds until it returns something
+    true; return that.
 
     @raise AssertionError: after C{timeout} seconds, naming C{what}.
     """
-    deadline = reactor.seconds() + timeout
+    deadline = clock.seconds() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        if reactor.seconds() > deadline:
+        if clock.seconds() > deadline:
             raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
-        yield sleep(interval)
+        yield sleep(interval, clock)
 
 
 def withTimeout(d, seconds, what):
@@ -201,15 +202,16 @@ def groupMembers(pgid):
 
 def groupAlive(pgid):
     """
-    Whether any live (not zombie) process is left in process group C{pgid}.
+    The pids of the live (not zombie) processes left in process group
+    C{pgid}: empty, so false, once the group is gone.
     """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
-        return False
+        return []
     except PermissionError:
         pass
-    return bool(groupMembers(pgid))
+    return [pid for pid, _state, _command in groupMembers(pgid)]
 
 
 def rssBytes(pid):

@@ -38,21 +38,19 @@ Typical use::
 """
 
 import os
-import shutil
 import sys
-import tempfile
 
-from twisted.internet import defer, reactor as globalReactor, task, tcp
+from twisted.internet import defer, reactor as globalReactor, tcp
 from twisted.internet.defer import Deferred, DeferredSemaphore, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 
-import prokshy
 from prokshy.host.client import HOST_PAYLOAD, HOST_WINDOW, HostProtocol
 from prokshy.link.session import LinkConfig
+from tests.harness import POLL, PACKAGE_ROOT, groupAlive, shortTempDir, sleep, waitFor  # noqa: F401 (re-exported)
 
 #: The directory holding the C{prokshy} package (and C{tests}).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(prokshy.__file__)))
+ROOT = PACKAGE_ROOT
 
 #: Scripts every VM's command.d gets.  C{vmname} is added per VM.
 DEFAULT_SCRIPTS = {
@@ -77,18 +75,6 @@ DEFAULT_SCRIPTS = {
 #: Connection attempts in flight at once (see L{HostHarness.throttle}).
 CONNECTS_IN_FLIGHT = 40
 
-POLL = 0.01
-
-
-def shortTempDir(testCase, prefix="ph"):
-    """
-    A fresh directory under C{/tmp} (short enough for AF_UNIX paths),
-    removed after the test.
-    """
-    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-    os.chmod(path, 0o755)
-    testCase.addCleanup(shutil.rmtree, path, True)
-    return path
 
 
 def writeCommands(directory, scripts):
@@ -104,46 +90,6 @@ def writeCommands(directory, scripts):
             f.write(text)
         os.chmod(path, 0o755)
     return directory
-
-
-@inlineCallbacks
-def waitFor(predicate, what, timeout=5.0, clock=globalReactor):
-    """
-    Poll C{predicate} every 10 ms until it is true.
-
-    @return: a Deferred firing with the seconds waited.
-    @raise AssertionError: after C{timeout} seconds.
-    """
-    start = clock.seconds()
-    deadline = start + timeout
-    while not predicate():
-        if clock.seconds() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
-        yield task.deferLater(clock, POLL, lambda: None)
-    return clock.seconds() - start
-
-
-def sleep(seconds, clock=globalReactor):
-    return task.deferLater(clock, seconds, lambda: None)
-
-
-def groupAlive(pgid):
-    """
-    The pids of live (not zombie) processes in process group C{pgid}.
-    """
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % (entry,)) as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        # fields: state ppid pgrp ...
-        if fields and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            alive.append(int(entry))
-    return alive
 
 
 def rssKiB():
@@ -610,8 +556,8 @@ class HostHarness:
 
     def waitUp(self, timeout=10.0, names=None):
         """
-        @return: a Deferred firing (with the seconds waited) once every VM
-            (or those in C{names}) is C{"up"}.
+        @return: a Deferred firing once every VM (or those in C{names}) is
+            C{"up"}.
         """
         names = list(self.vms) if names is None else names
         return waitFor(
@@ -619,7 +565,7 @@ class HostHarness:
             and all(self.daemon.vms[n].state == "up" for n in names),
             "VMs %s up" % (", ".join(names),),
             timeout,
-            self.reactor,
+            clock=self.reactor,
         )
 
     @inlineCallbacks
