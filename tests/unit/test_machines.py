@@ -56,3 +56,34 @@ class MachineToolsTests(TestCase):
             "    open    pull  -> closed\n"
             "    open    push  -> open",
         )
+
+
+class EveryMachineTests(TestCase):
+    """
+    Every Automat machine in prokshy declares every (state, input) pair,
+    and its module's docstring carries its transition table.
+    """
+
+    def machines(self):
+        import importlib
+        import inspect
+        import pkgutil
+
+        import prokshy
+
+        found = {}
+        for info in pkgutil.walk_packages(prokshy.__path__, "prokshy."):
+            module = importlib.import_module(info.name)
+            for name, obj in vars(module).items():
+                if inspect.isclass(obj) and obj.__module__ == module.__name__:
+                    for attr, value in vars(obj).items():
+                        if isinstance(value, MethodicalMachine):
+                            found["%s.%s.%s" % (module.__name__, name, attr)] = (module, value)
+        return found
+
+    def test_allDeclaredAndTabled(self):
+        found = self.machines()
+        self.assertGreaterEqual(len(found), 9, sorted(found))
+        for where, (module, machine) in sorted(found.items()):
+            self.assertEqual(_machines.undeclared(machine), set(), where)
+            self.assertIn(_machines.table(machine), module.__doc__, where)
