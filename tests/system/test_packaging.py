@@ -24,11 +24,19 @@ print(json.dumps({"taps": names, "parsers": parsers, "prokshy": prokshy.__file__
 """
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _distribution():
-    try:
-        return metadata.distribution("prokshy")
-    except metadata.PackageNotFoundError:
-        return None
+    """
+    The installed prokshy distribution: not the C{prokshy.egg-info} that a
+    build leaves in the checkout (on C{sys.path} when tests run from it),
+    whose file list is the checkout's, not the installation's.
+    """
+    checkout = os.path.realpath(CHECKOUT)
+    path = [p for p in sys.path if p and os.path.realpath(p) != checkout]
+    found = [d for d in metadata.distributions(path=path) if d.metadata["Name"] == "prokshy"]
+    return found[0] if found else None
 
 
 class InstalledPackageTests(unittest.TestCase):
@@ -80,6 +88,24 @@ class InstalledPackageTests(unittest.TestCase):
         checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         source = os.path.join(checkout, "prokshy") + os.sep
         self.assertFalse(found["prokshy"].startswith(source), found["prokshy"])
+
+    def test_everyModuleInstalled(self):
+        """
+        Every module of the checkout's C{prokshy/} package is in the
+        installation (a package missing from setup.cfg's list would be
+        importable from the checkout only).
+        """
+        checkout = CHECKOUT
+        files = self.files()
+        missing = []
+        for directory, dirs, names in os.walk(os.path.join(checkout, "prokshy")):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            for name in names:
+                if name.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(directory, name), checkout).replace(os.sep, "/")
+                    if rel not in files:
+                        missing.append(rel)
+        self.assertEqual(missing, [])
 
     def test_consoleScripts(self):
         """
