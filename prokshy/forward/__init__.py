@@ -1,0 +1,4 @@
+"""
+Port forwarding's vocabulary, shared by the guest and the host: forward
+specifications (ssh's syntax) and the guest's allowlists.
+"""

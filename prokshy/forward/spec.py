@@ -1,0 +1,228 @@
+# -*- test-case-name: tests.unit.test_forward_spec -*-
+"""
+Forward specifications, in ssh's C{-L}/C{-R} syntax: pure parsing, no I/O.
+
+    [VM=][BIND:]PORT:HOST:HOSTPORT      TCP to TCP
+    [VM=]/LISTEN/PATH:HOST:HOSTPORT     a unix socket to TCP
+    [VM=][BIND:]PORT:/CONNECT/PATH      TCP to a unix socket
+    [VM=]/LISTEN/PATH:/CONNECT/PATH     unix to unix
+
+The listening side comes first, the connecting side second.  BIND defaults
+to C{127.0.0.1}, as in ssh; C{*} (or an empty BIND, as in C{:8080:...})
+means every interface.  IPv6 addresses go in brackets
+(C{[::1]:8080:[fe80::1]:80}).  A side that starts with C{/} is a unix
+socket path (which cannot hold a colon).  C{VM=} names the VM; without it the daemon's only VM (or the
+VM socket talked to directly) is meant.
+
+L{parseSpec} turns a string into a L{ForwardSpec} or raises L{SpecError}
+with a one-line message; L{Tcp.serverEndpoint} and friends give the Twisted
+endpoint strings for each side.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import List, Optional, Union
+
+import attr
+
+from prokshy._endpointstrings import quote
+
+__all__ = ["ForwardSpec", "SpecError", "Tcp", "Unix", "parseHost", "parseSpec", "splitFields"]
+
+_VM_NAME = re.compile(r"[a-zA-Z0-9_.-]+\Z")
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\Z")
+DEFAULT_BIND = "127.0.0.1"
+#: The longest unix socket path (sun_path is 104 bytes on FreeBSD, 108 on
+#: Linux, with its NUL).
+MAX_UNIX_PATH = 103
+
+
+class SpecError(ValueError):
+    """
+    A forward specification that does not parse; the message is one line.
+    """
+
+
+@attr.s(frozen=True, slots=True)
+class Tcp:
+    """
+    A TCP side: C{host} is an IP address (IPv6 without brackets), a host
+    name, or C{""} for every interface (listening sides only).
+    """
+
+    host: str = attr.ib()
+    port: int = attr.ib()
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        host = "*" if self.host == "" else ("[%s]" % (self.host,) if self.ipv6 else self.host)
+        return "%s:%d" % (host, self.port)
+
+    def serverEndpoint(self) -> str:
+        """
+        The Twisted server endpoint string that listens here.
+        """
+        kind = "tcp6" if self.ipv6 else "tcp"
+        return "%s:%d:interface=%s" % (kind, self.port, quote(self.host))
+
+    def clientEndpoint(self) -> str:
+        """
+        The Twisted client endpoint string that connects here.
+        """
+        kind = "tcp6" if self.ipv6 else "tcp"
+        return "%s:host=%s:port=%d" % (kind, quote(self.host), self.port)
+
+
+@attr.s(frozen=True, slots=True)
+class Unix:
+    """
+    A unix socket side.
+    """
+
+    path: str = attr.ib()
+
+    def __str__(self) -> str:
+        return self.path
+
+    def serverEndpoint(self) -> str:
+        return "unix:%s" % (quote(self.path),)
+
+    def clientEndpoint(self) -> str:
+        return "unix:path=%s" % (quote(self.path),)
+
+
+Side = Union[Tcp, Unix]
+
+
+@attr.s(frozen=True, slots=True)
+class ForwardSpec:
+    """
+    One forward: where it listens, and where each connection goes.
+
+    @ivar vm: the VM named by C{VM=}, or None.
+    """
+
+    listen: Side = attr.ib()
+    connect: Side = attr.ib()
+    vm: Optional[str] = attr.ib(default=None)
+
+    def __str__(self) -> str:
+        text = "%s:%s" % (self.listen, self.connect)
+        return text if self.vm is None else "%s=%s" % (self.vm, text)
+
+
+def splitFields(text: str) -> List[str]:
+    """
+    Split on the colons that are outside brackets.
+    """
+    parts, current, depth = [], [], 0
+    for ch in text:
+        if ch == "[":
+            if depth:
+                raise SpecError("nested '[' in %r" % (text,))
+            depth = 1
+        elif ch == "]":
+            if not depth:
+                raise SpecError("']' without '[' in %r" % (text,))
+            depth = 0
+        if ch == ":" and not depth:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    if depth:
+        raise SpecError("'[' without ']' in %r" % (text,))
+    parts.append("".join(current))
+    return parts
+
+
+def _port(text: str, what: str, listening: bool) -> int:
+    if not text.isdigit():
+        raise SpecError("%s %r is not a port number" % (what, text))
+    port = int(text)
+    low = 0 if listening else 1
+    if not low <= port <= 65535:
+        raise SpecError("%s %d is out of range (%d-65535)" % (what, port, low))
+    return port
+
+
+def parseHost(text: str, what: str, listening: bool) -> str:
+    if text.startswith("["):
+        inner = text[1:-1] if text.endswith("]") else None
+        try:
+            if inner is None:
+                raise ValueError
+            return str(ipaddress.IPv6Address(inner))
+        except ValueError:
+            raise SpecError("%s %r is not an IPv6 address in brackets" % (what, text)) from None
+    if listening and text in ("", "*"):
+        return ""
+    if ":" in text:
+        raise SpecError("%s %r: put an IPv6 address in brackets, as [%s]" % (what, text, text))
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(text):
+        raise SpecError("%s %r is neither an address nor a host name" % (what, text))
+    return text.lower()
+
+
+def _unix(text: str, what: str) -> Unix:
+    if "\0" in text:
+        raise SpecError("%s holds a NUL byte" % (what,))
+    if len(text.encode("utf-8")) > MAX_UNIX_PATH:
+        raise SpecError("%s %r is longer than %d bytes" % (what, text, MAX_UNIX_PATH))
+    return Unix(text)
+
+
+def parseSpec(text: str, requireVM: bool = False) -> ForwardSpec:
+    """
+    Parse a forward specification (see the module docstring).
+
+    @param requireVM: whether C{VM=} must be given.
+    @raise SpecError: with a one-line message saying what is wrong.
+    """
+    if not isinstance(text, str) or not text:
+        raise SpecError("empty forward specification")
+    vm = None
+    head, eq, rest = text.partition("=")
+    if eq and _VM_NAME.match(head):
+        vm, text = head, rest
+    elif requireVM:
+        raise SpecError("%r: say which VM, as VM=%s" % (text, text))
+    if not text:
+        raise SpecError("nothing after %s=" % (vm,))
+    parts = splitFields(text)
+    if "" in parts[1:]:
+        raise SpecError("%r has an empty field: put IPv6 addresses in brackets, as [::1]" % (text,))
+    if parts[0].startswith("/"):
+        listen: Optional[Side] = _unix(parts[0], "listening path")
+        target = parts[1:]
+    else:
+        listen = None
+        target = parts[-1:] if parts[-1].startswith("/") else parts[-2:]
+        bindAndPort = parts[: len(parts) - len(target)]
+        if len(bindAndPort) == 1:
+            listen = Tcp(DEFAULT_BIND, _port(bindAndPort[0], "listening port", True))
+        elif len(bindAndPort) == 2:
+            listen = Tcp(
+                parseHost(bindAndPort[0], "listening address", True),
+                _port(bindAndPort[1], "listening port", True),
+            )
+        else:
+            raise SpecError(
+                "%r is not [BIND:]PORT:HOST:HOSTPORT (either side may be a unix path)" % (text,)
+            )
+    if len(target) == 1 and target[0].startswith("/"):
+        connect: Side = _unix(target[0], "target path")
+    elif len(target) == 2:
+        connect = Tcp(parseHost(target[0], "target host", False), _port(target[1], "target port", False))
+    else:
+        raise SpecError("%r: after the listening side comes HOST:HOSTPORT or a unix path" % (text,))
+    return ForwardSpec(listen, connect, vm)
