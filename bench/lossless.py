@@ -16,10 +16,8 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -28,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from prokshy.host.client import connectSession  # noqa: E402
+from bench._rig import download, startVM, stopAll, upload  # noqa: E402
 
 ENDED = re.compile(
     r"session ended: (?P<reason>.*?) \(retransmits=(?P<retransmits>\d+) "
@@ -37,79 +36,13 @@ ENDED = re.compile(
 KEYS = ("retransmits", "checkpoints", "resyncs", "gaps", "duplicates")
 
 
-def start(work):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    cmd = os.path.join(work, "command.d")
-    os.mkdir(cmd, 0o755)
-    for name, body in (("zeros", 'exec head -c "$(cat)" /dev/zero\n'), ("count", "exec wc -c\n")):
-        path = os.path.join(cmd, name)
-        with open(path, "w") as f:
-            f.write("#!/bin/sh\n" + body)
-        os.chmod(path, 0o755)
-    sock, dev = os.path.join(work, "vm.sock"), os.path.join(work, "vm.dev")
-    sim = [sys.executable, "-m", "prokshy.sim.vmsim", "--mode", "bhyve", "--socket", sock, "--device-link", dev]
-    procs = [subprocess.Popen(sim, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    for _ in range(200):
-        if os.path.exists(dev):
-            break
-        time.sleep(0.05)
-    log = os.path.join(work, "agent.log")
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "--logfile", log, "prokshy-guest", "--device", dev,
-             "--command-dir", cmd, "--max-output", "0", "--timeout", "0"],
-            env=env, cwd="/",
-        )
-    )
-    return sock, log, procs
-
-
 async def measure(reactor, sock, mib):
     session = await connectSession(reactor, UNIXClientEndpoint(reactor, sock))
     link = session.mux.link
     n = mib * 1024 * 1024
-    got = [0]
-    t0 = time.perf_counter()
-    running = await session.execStream("zeros", lambda d: got.__setitem__(0, got[0] + len(d)), lambda d: None)
-    running.write(str(n).encode())
-    running.closeStdin()
-    result = await running.result
-    down = time.perf_counter() - t0
-    assert got[0] == n and result.exitStatus == 0, (got, result)
+    down = await download(session, n)
     counted = []
-    block = b"u" * 65536
-    t0 = time.perf_counter()
-    running = await session.execStream("count", counted.append, lambda d: None)
-    sent = 0
-
-    class Source:
-        paused = False
-
-        def pauseProducing(self):
-            self.paused = True
-
-        def resumeProducing(self):
-            self.paused = False
-            pump()
-
-        def stopProducing(self):
-            self.paused = True
-
-    src = Source()
-
-    def pump():
-        nonlocal sent
-        while not src.paused and sent < n:
-            running.write(block)
-            sent += len(block)
-        if sent >= n:
-            running.closeStdin()
-
-    running.registerProducer(src, True)
-    pump()
-    result = await running.result
-    up = time.perf_counter() - t0
+    up, result = await upload(session, "count", n, counted.append)
     assert result.exitStatus == 0 and int(b"".join(counted)) == n, (result, counted)
     snap = link.snapshot()
     link.goodbye("bench over")
@@ -130,7 +63,7 @@ def main():
     parser.add_argument("--mib", type=int, default=100)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="plossless-")
-    sock, log, procs = start(work)
+    sock, log, procs = startVM(work, ["--mode", "bhyve"])
     result = {}
 
     async def go(reactor):
@@ -143,9 +76,7 @@ def main():
         if e.code:
             raise
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
+        stopAll(procs)
         guest = guestCounters(log)
         shutil.rmtree(work, ignore_errors=True)
     down, up, snap = result["m"]
