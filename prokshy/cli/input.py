@@ -7,16 +7,13 @@ to every command; the reading pauses while any of them has no room (no
 credit) for more.
 """
 
-import atexit
-import fcntl
 import os
 import stat
 
-from twisted.internet import fdesc
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from prokshy.cli.output import FlowGate
+from prokshy.cli.output import FlowGate, NonBlocking
 
 
 @implementer(IPushProducer)
@@ -41,23 +38,11 @@ class StdinSource:
         self._done = False
         self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
         self._call = None
-        self._flags = None
-        if not self._regular:
-            self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            fdesc.setNonBlocking(fd)
-            atexit.register(self._restore)
+        self._mode = NonBlocking(fd) if not self._regular else None
         self._reader = _FDReader(self) if not self._regular else None
 
     def start(self):
         self.resumeProducing()
-
-    def _restore(self):
-        flags, self._flags = self._flags, None
-        if flags is not None:
-            try:
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags)
-            except OSError:
-                pass
 
     def _readOnce(self):
         try:
@@ -84,8 +69,12 @@ class StdinSource:
             self._done = True
             if self._reader is not None:
                 self.reactor.removeReader(self._reader)
-            self._restore()
+            self._restoreMode()
             self.onEnd()
+
+    def _restoreMode(self):
+        if self._mode is not None:
+            self._mode.restore()
 
     def pauseProducing(self):
         self._paused = True
@@ -108,7 +97,7 @@ class StdinSource:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        self._restore()
+        self._restoreMode()
 
 
 class _FDReader:

@@ -198,6 +198,29 @@ class FlowGate:
             port.detach(self)
 
 
+
+class NonBlocking:
+    """
+    Puts a descriptor in non-blocking mode, and gives it its original flags
+    back on L{restore} (also at exit: a shell must not inherit a
+    non-blocking terminal).
+    """
+
+    def __init__(self, fd):
+        self.fd = fd
+        self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_NONBLOCK)
+        atexit.register(self.restore)
+
+    def restore(self):
+        flags, self._flags = self._flags, None
+        if flags is not None:
+            try:
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags)
+            except OSError:
+                pass
+
+
 @implementer(IPushProducer, IOutput)
 class OutputPort:
     """
@@ -224,9 +247,7 @@ class OutputPort:
         self._lostCallbacks = []
         self._closing = None
         self.closed = False
-        self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_NONBLOCK)
-        atexit.register(self.restore)
+        self._mode = NonBlocking(fd)
         self._writer = _FDWriter(reactor, fd, self)
         self._writer.bufferSize = self.bufferSize
         self._writer.registerProducer(self, True)
@@ -338,12 +359,7 @@ class OutputPort:
         """
         Give the descriptor its original flags (blocking mode) back.
         """
-        flags, self._flags = self._flags, None
-        if flags is not None:
-            try:
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags)
-            except OSError:
-                pass
+        self._mode.restore()
 
 
 @implementer(IOutput)
