@@ -208,12 +208,11 @@ class ChannelEnd:
         for start in range(0, len(data), size):
             chunk = data[start : start + size]
             self.chunks += 1
-            dropped = self.droppedChunks
-            chunk = self._injector.mangle(self._direction, chunk)
-            if self.droppedChunks != dropped:
-                self.lostBytes += size if start + size <= len(data) else len(data) - start
-            if chunk:
-                self._enqueue(chunk)
+            mangled = self._injector.mangle(self._direction, chunk)
+            if mangled:
+                self._enqueue(mangled)
+            else:
+                self.lostBytes += len(chunk)
 
     def inject(self, data):
         """
