@@ -208,7 +208,9 @@ class AutoChannel(Protocol):
             self.giveUp(CLIError("no framed hello answer within %s" % (wait,), EXIT_TRANSPORT))
             return
         need = None
-        if opts.status or opts.info:
+        if opts.forward_mode is not None:
+            need = "forwarding needs a prokshy agent or daemon"
+        elif opts.status or opts.info:
             need = "--status and --info need a prokshy agent"
         elif opts.stdin:
             need = "--stdin needs the framed protocol"

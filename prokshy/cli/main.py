@@ -19,6 +19,15 @@ Exit codes:
     written (other than a closed pipe). A one-line message goes to stderr.
   - C{2}: usage error (a bad C{--connect} endpoint included).
   - C{130}: interrupted (the reactor was stopped by a signal).
+  - forwarding (L{prokshy.cli.forwards}), with a daemon: C{--forward},
+    C{--reverse}, C{--forwards} and C{--unforward} exit C{0} once done;
+    C{1} when the daemon or the guest refused (one line, C{prokshy: forward
+    SPEC: CODE: MESSAGE}: a bad SPEC, no such VM or forward id, the host
+    cannot listen, the guest's allowlist, ...); C{2} for a malformed SPEC,
+    checked before connecting (one line, C{prokshy: error: ...}), or
+    C{--forwards}/C{--unforward} on a VM's own socket; C{255} on a transport
+    failure.  On a VM's own socket C{--forward} and C{--reverse} are served
+    in the foreground until SIGINT or SIGTERM: C{130}.
   - C{141}: stdout was closed by its reader (C{| head}): the remote
     commands are cancelled and the CLI exits quietly, as C{cat} killed by
     SIGPIPE does.
@@ -40,6 +49,7 @@ from twisted.python.failure import Failure
 
 from prokshy.cli.fallback import AutoChannel
 from prokshy.cli.format import EXIT_TRUNCATED, CLIError, jsonLine, legacyRecord, messageLine
+from prokshy.cli.forwards import ForwardRun
 from prokshy.cli.framed import FramedRun
 from prokshy.cli.legacy import OutputError, runLegacy
 from prokshy.cli.options import parseArgs
@@ -225,7 +235,10 @@ async def _runFramed(reactor, options, stdout, stderr, current):
     if mode == "legacy":
         return value
     host = value
-    framed = FramedRun(reactor, host, options, stdout, stderr)
+    if options.forward_mode is not None:
+        framed = ForwardRun(reactor, host, channel, endpoint, options, stdout, stderr, _target(options))
+    else:
+        framed = FramedRun(reactor, host, options, stdout, stderr)
     if current is not None:
         current.append((framed, channel))
     try:

@@ -10,6 +10,24 @@ a usage error instead of a request the guest silently ignores.
 
 L{parseArgs} returns an C{argparse.Namespace} with, besides the flags'
 values, C{data}: the request's input as L{bytes}, cut to its first line.
+
+Forwarding (L{prokshy.cli.forwards}) adds four modes, which need neither
+C{--command} nor an input:
+
+  - C{--forward SPEC} and C{--reverse SPEC} (repeatable, may be mixed): in
+    C{forward_specs}, a list of L{ForwardRequest} in command-line order.
+    Each SPEC is parsed here (L{prokshy.forward.spec.parseSpec}), before
+    anything connects: a malformed one is a usage error of exactly one line,
+    C{prokshy: error: --forward SPEC: why}, exit 2;
+  - C{--forwards}: list the daemon's forwards;
+  - C{--unforward ID} (repeatable): remove forwards.
+
+C{forward_mode} says which: C{"add"}, C{"list"}, C{"remove"}, or L{None}.
+They exclude C{--command}, C{--status}, C{--info} (and the command's
+input) and each other (C{--forwards} and C{--unforward} exclude
+C{--forward}/C{--reverse}); they need the framed protocol; C{--vm NAME} (at
+most one) is the VM for a SPEC without C{VM=}, and with C{--forwards} shows
+only those VMs' forwards.
 """
 
 import argparse
@@ -17,7 +35,10 @@ import math
 import os
 import re
 
+import attrs
+
 from prokshy._version import __version__
+from prokshy.forward.spec import SpecError, parseSpec
 
 DEFAULT_TIMEOUT = 1.0
 
@@ -76,6 +97,40 @@ def firstLine(data):
     return lines[0] if lines else b""
 
 
+@attrs.frozen
+class ForwardRequest:
+    """
+    One C{--forward} or C{--reverse} of the command line.
+
+    @ivar direction: C{"forward"} (C{--forward}, ssh's C{-L}) or
+        C{"reverse"} (C{--reverse}, ssh's C{-R}).
+    @ivar text: the SPEC as given (what a daemon is sent).
+    @ivar spec: the parsed L{prokshy.forward.spec.ForwardSpec}, or L{None}
+        until L{parseArgs} has checked it.
+    """
+
+    direction: str
+    text: str
+    spec: object = None
+
+    @property
+    def flag(self):
+        return "--" + self.direction
+
+
+class _ForwardAction(argparse.Action):
+    """
+    C{--forward} and C{--reverse} append to one list, so their order on the
+    command line is kept.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        direction = "reverse" if option_string == "--reverse" else "forward"
+        specs = list(getattr(namespace, self.dest, None) or [])
+        specs.append(ForwardRequest(direction, values))
+        setattr(namespace, self.dest, specs)
+
+
 def buildParser():
     """
     Build the C{prokshy} argument parser.
@@ -99,7 +154,12 @@ def buildParser():
             "command is cancelled; 255 transport failure (session lost, VM "
             "unavailable, no session; in auto mode also: no answer at all, framed "
             "or line protocol) or internal error. The line protocol exits 0 "
-            "once the output ended."
+            "once the output ended. Forwarding, with a daemon: --forward, "
+            "--reverse, --forwards and --unforward exit 0 once done, 1 when the "
+            "daemon or the guest refused (one line: prokshy: forward SPEC: CODE: "
+            "MESSAGE; unknown VM or forward id included), 2 for a malformed SPEC "
+            "(checked before connecting); on a VM's own socket --forward and "
+            "--reverse are served in the foreground until Ctrl-C or SIGTERM: 130."
         ),
     )
     parser.add_argument(
@@ -205,6 +265,47 @@ def buildParser():
         action="store_true",
         help="show the agent's version, features, OS and uptime and exit",
     )
+    forwarding = parser.add_argument_group(
+        "forwarding",
+        "SPEC is ssh's: [VM=][BIND:]PORT:HOST:HOSTPORT, the listening side first; "
+        "either side may be a unix socket path (/run/h.sock:127.0.0.1:80, "
+        "8080:/run/app.sock); IPv6 addresses in brackets; BIND defaults to "
+        "127.0.0.1. With a prokshy-host daemon a forward is added there (its id "
+        "is printed) and lives until --unforward or the daemon stops; on a VM's "
+        "own console socket the forwards are served by this command in the "
+        "foreground, reconnecting when the VM goes away, until Ctrl-C (ssh -N). "
+        "The guest agent's --allow-connect and --allow-listen decide what may "
+        "be reached.",
+    )
+    forwarding.add_argument(
+        "--forward",
+        action=_ForwardAction,
+        dest="forward_specs",
+        metavar="SPEC",
+        help="listen on the host; each connection reaches HOST:HOSTPORT inside "
+        "the guest (ssh -L; repeatable)",
+    )
+    forwarding.add_argument(
+        "--reverse",
+        action=_ForwardAction,
+        dest="forward_specs",
+        metavar="SPEC",
+        help="listen on BIND:PORT inside the guest; each connection reaches "
+        "HOST:HOSTPORT on the host (ssh -R; repeatable)",
+    )
+    forwarding.add_argument(
+        "--forwards",
+        action="store_true",
+        dest="list_forwards",
+        help="list the daemon's forwards: state, connections, bytes each way",
+    )
+    forwarding.add_argument(
+        "--unforward",
+        action="append",
+        metavar="ID",
+        help="remove the daemon's forward ID: its listener closes at once, its "
+        "open connections go on until they end (repeatable)",
+    )
     return parser
 
 
@@ -217,6 +318,73 @@ def _readAll(parser, path):
             return f.read()
     except OSError as e:
         parser.error(f"cannot read {path}: {e.strerror or e}")
+
+
+def _forwardMode(parser, options):
+    """
+    Check the forwarding flags against the others, and parse each SPEC.
+
+    @return: C{"add"}, C{"list"}, C{"remove"} or L{None}.
+    """
+    specs = options.forward_specs
+    modes = []
+    if specs:
+        modes.append(("add", specs[0].flag))
+    if options.list_forwards:
+        modes.append(("list", "--forwards"))
+    if options.unforward:
+        modes.append(("remove", "--unforward"))
+    if not modes:
+        return None
+    if len(modes) > 1:
+        parser.error("%s cannot be used with %s" % (modes[0][1], modes[1][1]))
+    mode, flag = modes[0]
+    for other, given in (
+        ("--command", options.command is not None),
+        ("--status", options.status),
+        ("--info", options.info),
+        ("--from-string", options.from_string is not None),
+        ("--from-file", options.from_file is not None),
+        ("--stdin", options.stdin),
+        ("--all-vms", options.all_vms),
+    ):
+        if given:
+            parser.error("%s cannot be used with %s" % (flag, other))
+    if options.protocol == "legacy":
+        parser.error("%s needs the framed protocol" % (flag,))
+    if options.vm and mode == "remove":
+        parser.error("--unforward takes a forward id, not --vm")
+    if options.vm and mode == "add" and len(options.vm) > 1:
+        parser.error("%s takes at most one --vm (or VM= in each SPEC)" % (flag,))
+    if mode == "add":
+        options.forward_specs = [_parsed(parser, request) for request in specs]
+    return mode
+
+
+def _parsed(parser, request):
+    """
+    The request with its SPEC parsed; a malformed SPEC ends the program
+    with exactly one line (no usage text) and exit code 2.
+    """
+    try:
+        spec = parseSpec(request.text)
+    except SpecError as e:
+        message = str(e)
+        if _names(request.text, message):
+            where = request.flag
+        else:
+            where = "%s %s" % (request.flag, request.text)
+        parser.exit(2, "%s: error: %s: %s\n" % (parser.prog, where, message))
+    return attrs.evolve(request, spec=spec)
+
+
+def _names(text, message):
+    """
+    Whether C{message} already quotes the SPEC C{text} (or what follows its
+    C{VM=}).
+    """
+    rest = text.partition("=")[2]
+    return repr(text) in message or bool(rest) and repr(rest) in message
 
 
 def parseArgs(argv=None):
@@ -236,7 +404,10 @@ def parseArgs(argv=None):
         parser.error("one of the arguments --socket-path --connect is required")
     if options.connect is not None and options.protocol == "legacy":
         parser.error("--connect talks to a daemon, which needs the framed protocol")
-    query = options.status or options.info
+    options.forward_specs = list(options.forward_specs or [])
+    options.unforward = list(options.unforward or [])
+    options.forward_mode = _forwardMode(parser, options)
+    query = options.status or options.info or options.forward_mode is not None
     if not query:
         if options.command is None:
             parser.error("the following arguments are required: --command")
@@ -273,6 +444,7 @@ __all__ = [
     "AUTO_FALLBACK",
     "DEFAULT_TIMEOUT",
     "FRAMED_WAIT",
+    "ForwardRequest",
     "buildParser",
     "commandName",
     "firstLine",

@@ -194,6 +194,46 @@ class Session:
         """
         return self._document("status", {})
 
+    def forwardAdd(self, direction, spec, vm=None):
+        """
+        Add a forward to a prokshy-host daemon (its C{forward-add} stream).
+
+        @param direction: C{"forward"} (the daemon listens, ssh's C{-L}) or
+            C{"reverse"} (the guest listens, ssh's C{-R}).
+        @param spec: the SPEC as text, C{[VM=][BIND:]PORT:HOST:HOSTPORT}
+            (see L{prokshy.forward.spec}).
+        @param vm: the VM, for a SPEC without C{VM=}.
+        @return: a Deferred firing with the new forward's row (a dict: C{id},
+            C{vm}, C{direction}, C{listen}, C{target}, C{state}, ...), or
+            failing with L{prokshy.streams.stream.StreamRefused} (C{bad-spec},
+            C{no-such-vm}, C{listen-failed}, the guest's C{not-allowed}, ...).
+        """
+        args = {"direction": direction, "spec": spec}
+        if vm is not None:
+            args["vm"] = vm
+        return self._document("forward-add", args)
+
+    def forwardList(self):
+        """
+        A prokshy-host daemon's forwards.
+
+        @return: a Deferred firing with a list of rows (dicts), in id order.
+        """
+        d = self._document("forward-list", {})
+        d.addCallback(lambda document: list(document.get("forwards") or []))
+        return d
+
+    def forwardRemove(self, fid):
+        """
+        Remove a daemon's forward: its listener closes at once, its open
+        connections go on until they end.
+
+        @param fid: the forward's id (C{"3"}).
+        @return: a Deferred firing with its final row, or failing with
+            L{prokshy.streams.stream.StreamRefused} (C{no-such-forward}).
+        """
+        return self._document("forward-remove", {"id": str(fid)})
+
     @inlineCallbacks
     def _document(self, kind, args):
         chunks = []
