@@ -18,10 +18,14 @@ COMMANDS = {
 }
 
 
-def startVM(work, simArgs=()):
+def startVM(work, simArgs=(), agentArgs=(), twistdArgs=()):
     """
     Start C{prokshy-vmsim} and the guest agent (twistd, cwd /) on its
     device, with L{COMMANDS}, in C{work}.
+
+    @param agentArgs: more C{prokshy-guest} options.
+    @param twistdArgs: more twistd options (before the plugin's name),
+        e.g. C{--profile FILE --profiler cprofile --savestats}.
 
     @return: (the VM's socket path, the agent's log path, the processes).
     """
@@ -33,23 +37,36 @@ def startVM(work, simArgs=()):
         with open(path, "w") as f:
             f.write("#!/bin/sh\n" + body)
         os.chmod(path, 0o755)
-    sock, dev = os.path.join(work, "vm.sock"), os.path.join(work, "vm.dev")
-    sim = [sys.executable, "-m", "prokshy.sim.vmsim", "--socket", sock, "--device-link", dev] + list(simArgs)
-    procs = [subprocess.Popen(sim, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    for _ in range(200):
-        if os.path.exists(dev):
-            break
-        time.sleep(0.05)
+    sock, dev, procs = startSim(work, simArgs)
     log = os.path.join(work, "agent.log")
     procs.append(
         subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "--logfile", log, "prokshy-guest", "--device", dev,
-             "--command-dir", cmd, "--max-output", "0", "--timeout", "0"],
+             "--logfile", log] + list(twistdArgs)
+            + ["prokshy-guest", "--device", dev,
+               "--command-dir", cmd, "--max-output", "0", "--timeout", "0"] + list(agentArgs),
             env=env, cwd="/",
         )
     )
     return sock, log, procs
+
+
+def startSim(work, simArgs=()):
+    """
+    Start C{prokshy-vmsim} alone in C{work} (socket C{vm.sock}, device
+    link C{vm.dev}) and wait until both exist.
+
+    @return: (the socket path, the device link, [the process]).
+    """
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    sock, dev = os.path.join(work, "vm.sock"), os.path.join(work, "vm.dev")
+    sim = [sys.executable, "-m", "prokshy.sim.vmsim", "--socket", sock, "--device-link", dev] + list(simArgs)
+    procs = [subprocess.Popen(sim, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    for _ in range(200):
+        if os.path.exists(dev) and os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    return sock, dev, procs
 
 
 def stopAll(procs):
