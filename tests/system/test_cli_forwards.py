@@ -224,6 +224,29 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
         self.assertEqual((out, err, code), (b"", b"", 0))
 
     @inlineCallbacks
+    def test_refusedConnection(self):
+        """
+        A connection the guest refuses (a unix target no C{--allow-connect}
+        names) is closed at once; C{--forwards} shows the guest's reason
+        under the forward, and in C{last_error} with C{--json}.
+        """
+        target = self.path("app.sock")
+        out, err, code = yield self.cli("--forward", "%s:%s" % (self.path("h.sock"), target))
+        self.assertEqual((out, err, code), (b"1\n", b"", 0))
+        self.assertEqual((yield exchange(self.path("h.sock"), b"let me in")), b"")
+        out, err, code = yield self.cli("--forwards")
+        self.assertEqual((err, code), (b"", 0))
+        lines = out.decode().splitlines()
+        self.assertEqual(len(lines), 3, lines)
+        self.assertEqual(lines[1].split()[:6], ["1", "vm1", "forward", self.path("h.sock"), target, "active"])
+        self.assertTrue(lines[2].startswith("    last error: connection from "), lines)
+        self.assertIn("refused by the guest: not-allowed: %s is not allowed" % (target,), lines[2])
+        out, err, code = yield self.cli("--forwards", "--json")
+        row = json.loads(out)
+        self.assertIn("not-allowed", row["last_error"])
+        self.assertEqual(row["connections"], 0)
+
+    @inlineCallbacks
     def test_malformedSpec(self):
         """
         A malformed SPEC is a one-line usage error, exit 2, found before
@@ -342,6 +365,33 @@ class ForegroundTests(_ForwardTestMixin, TestCase):
         self.assertEqual((yield exchange(self.path("g.sock"), b"to the host")), b"to the host")
         yield self.stopped(proc)
         yield waitFor(lambda: refusesConnections(self.path("g.sock")), "the guest's listener to close", 10)
+
+    @inlineCallbacks
+    def test_vmComesBack(self):
+        """
+        The foreground mode outlives the guest agent: while it is away the
+        host's listener stays up and a connection to it is closed at once
+        (never a hang), each forward says it waits for the VM; once the
+        agent is back both forwards are set up again (the guest listens
+        again) and carry connections.
+        """
+        vm = self.h.vms["vm1"]
+        proc = self.start("--forward", self.spec("h.sock"), "--reverse", self.spec("g.sock"))
+        yield waitFor(lambda: proc.stderr.count(b"active") == 2, "both forwards to be set up", 30)
+        yield vm.stopAgent()
+        yield waitFor(
+            lambda: len([line for line in proc.stderr.splitlines() if b"waiting" in line and b"session ended" in line]) == 2,
+            "both forwards to wait for the VM", 30,
+        )
+        self.assertFalse(refusesConnections(self.path("h.sock")))
+        self.assertEqual((yield exchange(self.path("h.sock"), b"nobody home")), b"")
+        self.assertEqual(self.echo.connections, 0)
+        vm.startAgent()
+        yield waitFor(lambda: proc.stderr.count(b"active") == 4, "both forwards to be set up again", 30)
+        self.assertEqual((yield exchange(self.path("h.sock"), b"in again")), b"in again")
+        self.assertEqual((yield exchange(self.path("g.sock"), b"out again")), b"out again")
+        self.assertEqual(self.echo.connections, 2)
+        yield self.stopped(proc)
 
     @inlineCallbacks
     def test_json(self):
