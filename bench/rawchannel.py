@@ -73,6 +73,40 @@ _COUNT = struct.Struct("!Q")
 _BLOCK = 65536
 
 
+def _cpu():
+    t = os.times()
+    return t.user + t.system
+
+
+def cpuSeconds(pid):
+    """
+    @return: the user + system CPU seconds process C{pid} has used so far.
+    """
+    if pid == os.getpid():
+        return _cpu()
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _reap(proc):
+    """
+    Wait for a guest process; return the CPU seconds it reported, or NaN.
+    """
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    for line in (out or b"").decode(errors="replace").splitlines():
+        if line.startswith("cpu "):
+            return float(line.split()[1])
+    return float("nan")
+
+
 # The guest process.
 
 def _openRaw(device):
@@ -90,6 +124,7 @@ def _guestRead(device, n, ctl, credit="side"):
     """
     fd = _openRaw(device)
     ctl.sendall(b"ready\n")
+    cpu0 = _cpu()
     got = 0
     deadline = time.monotonic() + DEADLINE
     while got < n and time.monotonic() < deadline:
@@ -105,6 +140,7 @@ def _guestRead(device, n, ctl, credit="side"):
             break
     ctl.sendall(_COUNT.pack(got))
     os.close(fd)
+    print("cpu %.6f" % (_cpu() - cpu0,), flush=True)
 
 
 def _guestWrite(device, n, ctl):
@@ -113,6 +149,7 @@ def _guestWrite(device, n, ctl):
     """
     fd = _openRaw(device)
     ctl.sendall(b"ready\n")
+    cpu0 = _cpu()
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 1.0)
@@ -134,6 +171,7 @@ def _guestWrite(device, n, ctl):
     except OSError:
         pass
     os.close(fd)
+    print("cpu %.6f" % (_cpu() - cpu0,), flush=True)
 
 
 # The host side.
@@ -145,6 +183,7 @@ def _spawnGuest(role, device, n):
          "--bytes", str(n), "--ctl-fd", str(theirs.fileno())],
         pass_fds=[theirs.fileno()],
         env=dict(os.environ, PYTHONPATH=ROOT),
+        stdout=subprocess.PIPE,
     )
     theirs.close()
     mine.settimeout(30)
@@ -173,6 +212,7 @@ def toGuest(sock, device, n, window=WINDOW, credit="channel"):
     @return: dict: seconds, delivered, lost, MBps.
     """
     proc, ctl = _spawnGuest("read" if credit == "side" else "read-channel", device, n)
+    cpu0 = _cpu()
     s = _connect(sock)
     s.setblocking(False)
     ctl.setblocking(False)
@@ -232,16 +272,17 @@ def toGuest(sock, device, n, window=WINDOW, credit="channel"):
                 rest += chunk
         except OSError:
             pass
-        proc.wait(10)
+        guestCpu = _reap(proc)
         s.close()
         ctl.close()
+    hostCpu = _cpu() - cpu0
     pending += rest
     whole = len(pending) - len(pending) % _COUNT.size
     if whole:
         acked = _COUNT.unpack_from(pending, whole - _COUNT.size)[0]
     seconds = lastAck - t0
     return {"seconds": seconds, "delivered": acked, "lost": sent - acked, "sent": sent,
-            "stalls": stalls,
+            "stalls": stalls, "cpu": {"host": hostCpu, "guest": guestCpu},
             "MBps": acked / seconds / 1e6 if seconds > 0 else 0.0}
 
 
@@ -252,6 +293,7 @@ def toHost(sock, device, n):
     @return: dict: seconds, delivered, lost, MBps.
     """
     proc, ctl = _spawnGuest("write", device, n)
+    cpu0 = _cpu()
     s = _connect(sock)
     got = 0
     try:
@@ -276,12 +318,49 @@ def toHost(sock, device, n):
         except (OSError, struct.error):
             written = None
         ctl.close()
-        proc.wait(10)
+        hostCpu = _cpu() - cpu0
+        guestCpu = _reap(proc)
         s.close()
     seconds = t1 - t0
     return {"seconds": seconds, "delivered": got, "written": written,
+            "cpu": {"host": hostCpu, "guest": guestCpu},
             "lost": (written - got) if written is not None else None,
             "MBps": got / seconds / 1e6 if seconds > 0 else 0.0}
+
+
+class RawChannel:
+    """
+    A simulator of its own, for raw measurements one after another (each
+    with a fresh guest process and host connection), e.g. between the rows
+    of another benchmark.
+    """
+
+    def __init__(self, work, simArgs=(), window=WINDOW, credit="channel"):
+        here = tempfile.mkdtemp(prefix="raw-", dir=work)
+        self.sock, self.dev, self.procs = startSim(here, simArgs)
+        self.window = window
+        self.credit = credit
+
+    def toGuest(self, n):
+        return self._measured(toGuest, self.sock, self.dev, n, self.window, self.credit)
+
+    def toHost(self, n):
+        return self._measured(toHost, self.sock, self.dev, n)
+
+    def _measured(self, f, *args):
+        """
+        Add the simulator's CPU seconds, and the CPU time per MB of all
+        three processes, to C{f}'s result.
+        """
+        before = cpuSeconds(self.procs[0].pid)
+        result = f(*args)
+        result["cpu"]["simulator"] = cpuSeconds(self.procs[0].pid) - before
+        result["cpuMsPerMB"] = 1e9 * sum(result["cpu"].values()) / max(result["delivered"], 1)
+        return result
+
+    def stop(self):
+        stopAll(self.procs)
+        self.procs = []
 
 
 def measureRaw(work, mib, simArgs=(), window=WINDOW, credit="channel"):
@@ -292,14 +371,13 @@ def measureRaw(work, mib, simArgs=(), window=WINDOW, credit="channel"):
     @return: (host->guest dict, guest->host dict), see L{toGuest} and
         L{toHost}.
     """
-    here = tempfile.mkdtemp(prefix="raw-", dir=work)
-    sock, dev, procs = startSim(here, simArgs)
+    raw = RawChannel(work, simArgs, window, credit)
     try:
         n = mib * 1024 * 1024
-        down = toGuest(sock, dev, n, window, credit)
-        up = toHost(sock, dev, n)
+        down = raw.toGuest(n)
+        up = raw.toHost(n)
     finally:
-        stopAll(procs)
+        raw.stop()
     return down, up
 
 
@@ -314,10 +392,11 @@ def rawThroughput(work, mib, simArgs=(), window=WINDOW, credit="channel"):
 
 def describe(down, up, window):
     return (
-        "raw channel host->guest %.1f MB/s (%d bytes in %.3f s, %d lost, %d stalls of %g s, window %d)\n"
-        "raw channel guest->host %.1f MB/s (%d bytes in %.3f s, %s lost)"
+        "raw channel host->guest %.1f MB/s (%d bytes in %.3f s, %d lost, %d stalls of %g s, window %d; "
+        "CPU %.0f ms/MB)\n"
+        "raw channel guest->host %.1f MB/s (%d bytes in %.3f s, %s lost; CPU %.0f ms/MB)"
         % (down["MBps"], down["delivered"], down["seconds"], down["lost"], down["stalls"], STALL, window,
-           up["MBps"], up["delivered"], up["seconds"], up["lost"])
+           down["cpuMsPerMB"], up["MBps"], up["delivered"], up["seconds"], up["lost"], up["cpuMsPerMB"])
     )
 
 
