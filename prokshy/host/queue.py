@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from prokshy.lines.loglimit import LogLimiter
+from prokshy._loglimit import LogLimiter
 from prokshy.link.session import NotConnected, SessionEnded
 from prokshy.streams.stream import StreamRefused, encodeJSON
 

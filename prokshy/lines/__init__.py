@@ -7,8 +7,8 @@ and the daemon's line clients.
     dropped, C{0xFF} hello lines set apart);
   - L{prokshy.lines.legacy}: L{LegacyHandler<prokshy.lines.legacy.LegacyHandler>},
     the original protocol's requests run through an
-    L{ICommandRunner<prokshy.execs.interfaces.ICommandRunner>};
-  - L{prokshy.lines.loglimit}: L{LogLimiter<prokshy.lines.loglimit.LogLimiter>}.
+    L{ICommandRunner<prokshy.execs.interfaces.ICommandRunner>}
+    (its log is rate-limited by L{prokshy._loglimit}).
 
 It sits below L{prokshy.guest} and L{prokshy.host}, on L{prokshy.execs}.
 """

@@ -64,7 +64,7 @@ from twisted.logger import Logger
 
 from prokshy.execs.interfaces import ICommandRunner, IExecution, IOutputFinished
 from prokshy.execs.refusals import CommandRefused
-from prokshy.lines.loglimit import LogLimiter
+from prokshy._loglimit import LogLimiter
 
 __all__ = ["LegacyHandler"]
 

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from prokshy.execs.interfaces import ICommandRunner
 from prokshy.lines.legacy import LegacyHandler
-from prokshy.lines.loglimit import LogLimiter
+from prokshy._loglimit import LogLimiter
 from prokshy.wire.channel import HELLO_PREFIX
 
 __all__ = ["GuestLineProtocol"]

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from prokshy.guest._process import spawnWithReactor
 from prokshy.lines.legacy import LegacyHandler
-from prokshy.lines.loglimit import LogLimiter
+from prokshy._loglimit import LogLimiter
 from prokshy.execs.status import ExitStatus
 from prokshy.guest.runner import CommandRunner
 
