@@ -29,7 +29,9 @@ import attr
 
 from prokshy._endpointstrings import quote
 
-__all__ = ["ForwardSpec", "SpecError", "Tcp", "Unix", "parseHost", "parseSpec", "splitFields"]
+__all__ = [
+    "ForwardSpec", "SpecError", "Tcp", "Unix", "parseHost", "parseSpec", "sideArgs", "sideFromArgs", "splitFields",
+]
 
 _VM_NAME = re.compile(r"[a-zA-Z0-9_.-]+\Z")
 _HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\Z")
@@ -70,12 +72,13 @@ class Tcp:
         kind = "tcp6" if self.ipv6 else "tcp"
         return "%s:%d:interface=%s" % (kind, self.port, quote(self.host))
 
-    def clientEndpoint(self) -> str:
+    def clientEndpoint(self, timeout: Optional[float] = None) -> str:
         """
-        The Twisted client endpoint string that connects here.
+        The Twisted client endpoint string that connects here (giving up
+        after C{timeout} seconds, if given).
         """
         kind = "tcp6" if self.ipv6 else "tcp"
-        return "%s:host=%s:port=%d" % (kind, quote(self.host), self.port)
+        return "%s:host=%s:port=%d" % (kind, quote(self.host), self.port) + _timeout(timeout)
 
 
 @attr.s(frozen=True, slots=True)
@@ -90,10 +93,18 @@ class Unix:
         return self.path
 
     def serverEndpoint(self) -> str:
-        return "unix:%s" % (quote(self.path),)
+        """
+        Listens with mode 0600 (ssh's StreamLocalBindMask), and a lock file
+        (Twisted's), so a stale socket is replaced and a live one never is.
+        """
+        return "unix:%s:mode=600" % (quote(self.path),)
 
-    def clientEndpoint(self) -> str:
-        return "unix:path=%s" % (quote(self.path),)
+    def clientEndpoint(self, timeout: Optional[float] = None) -> str:
+        return "unix:path=%s" % (quote(self.path),) + _timeout(timeout)
+
+
+def _timeout(timeout: Optional[float]) -> str:
+    return "" if timeout is None else ":timeout=%g" % (timeout,)
 
 
 Side = Union[Tcp, Unix]
@@ -226,3 +237,41 @@ def parseSpec(text: str, requireVM: bool = False) -> ForwardSpec:
     else:
         raise SpecError("%r: after the listening side comes HOST:HOSTPORT or a unix path" % (text,))
     return ForwardSpec(listen, connect, vm)
+
+
+def sideArgs(side: Side) -> dict:
+    """
+    The OPEN arguments naming C{side} (docs/protocol.md §10.3):
+    C{{"host": H, "port": P}} or C{{"path": P}}.
+    """
+    if isinstance(side, Unix):
+        return {"path": side.path}
+    return {"host": side.host, "port": side.port}
+
+
+def sideFromArgs(args: dict, listening: bool = False) -> Side:
+    """
+    The side that OPEN arguments name; C{localhost} is taken as
+    C{127.0.0.1}.
+
+    @raise SpecError: unless exactly one of the two forms is given, well
+        formed.
+    """
+    path, host, port = args.get("path"), args.get("host"), args.get("port")
+    if path is not None:
+        if host is not None or port is not None:
+            raise SpecError("give either host and port or path, not both")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise SpecError("path must be an absolute unix socket path")
+        return _unix(path, "path")
+    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+        raise SpecError("host (a string) and port (an integer) are required")
+    if not 1 <= port <= 65535:
+        raise SpecError("port %d is out of range (1-65535)" % (port,))
+    if host.lower() == "localhost":
+        host = DEFAULT_BIND
+    if ":" in host:
+        host = "[%s]" % (host,)
+    if listening and host == "":
+        return Tcp("", port)
+    return Tcp(parseHost(host, "host", listening), port)

@@ -31,7 +31,6 @@ from twisted.internet.serialport import SerialPort
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from prokshy.guest.execs import FEATURES
 from prokshy.lines.protocol import GuestLineProtocol
 from prokshy.execs.names import NAME_CHARS
 from prokshy.execs.refusals import CommandRefused
@@ -109,7 +108,7 @@ class GuestProtocol(GuestLineProtocol):
         return LinkConfig(
             window=window,
             maxPayload=payload,
-            features=FEATURES,
+            features=self.streams.features,
             pingInterval=self.pingInterval,
             deadAfter=self.deadAfter,
             quietPings=QUIET_PINGS,
@@ -118,7 +117,8 @@ class GuestProtocol(GuestLineProtocol):
 
     def _ensureLink(self):
         if self.link is None:
-            self.mux = Mux("guest", openHandler=self.streams)
+            self.mux = Mux("guest")
+            self.mux.openHandler = self.streams.forSession(self.mux)
             self.mux.whenDown(self._sessionDown)
             self.mux.whenUp(self._sessionUp)
             self.link = Link(self.clock, self.transport.write, "guest", self.mux, self._config())

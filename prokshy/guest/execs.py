@@ -92,11 +92,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy._version import __version__
-from prokshy.lines.loglimit import LogLimiter
+from prokshy._loglimit import LogLimiter
 from prokshy.guest.proctable import systemUptime
 from prokshy.execs.interfaces import ICommandSink
 from prokshy.execs.refusals import BUSY, INTERNAL_ERROR, CommandRefused
 from prokshy.execs.status import ExitStatus
+from prokshy.forward.guestside import KINDS as FORWARD_KINDS
 from prokshy.guest.execution import signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
 from prokshy.streams.interfaces import ISignalStreamProtocol, IStreamProtocol
@@ -477,8 +478,11 @@ class GuestStreams:
 
     log = Logger()
 
-    def __init__(self, runner, maxConcurrency=8, maxQueue=64, startedAt=None):
+    def __init__(self, runner, maxConcurrency=8, maxQueue=64, startedAt=None, forwards=None):
         self.runner = runner
+        #: The L{prokshy.forward.guestside.GuestForwards} serving C{connect}
+        #: and C{listen}, or None (this agent then refuses them).
+        self.forwards = forwards
         self.slots = Slots(maxConcurrency, maxQueue)
         self.startedAt = time.time() if startedAt is None else startedAt
         clock = getattr(runner, "reactor", None)
@@ -486,12 +490,31 @@ class GuestStreams:
             from twisted.internet import reactor as clock
         self._insecureLog = LogLimiter(clock, self.log)
 
+    @property
+    def features(self):
+        """
+        The features the guest's hello lists.
+        """
+        return FEATURES + (FORWARD_KINDS if self.forwards is not None else ())
+
+    def forSession(self, opener):
+        """
+        The open handler for one session's stream table C{opener} (a
+        listener's connections open streams on it).
+        """
+        return lambda stream: self.open(stream, opener)
+
     def __call__(self, stream):
+        return self.open(stream, None)
+
+    def open(self, stream, opener):
         kind = stream.kind
         if kind == "exec":
             return self._exec(stream.args)
         if kind in ("info", "ping"):
             return InfoProtocol(self.describe)
+        if kind in FORWARD_KINDS and self.forwards is not None and (opener is not None or kind == "connect"):
+            return self.forwards.open(stream, opener)
         raise StreamRefused("unknown-kind", "this agent opens no %r streams" % (kind,))
 
     def _exec(self, args):
@@ -523,7 +546,7 @@ class GuestStreams:
             "agent": "prokshy",
             "version": __version__,
             "protocol": list(PROTOCOL_VERSIONS),
-            "features": list(FEATURES),
+            "features": list(self.features),
             "os": uname.system,
             "release": uname.release,
             "machine": uname.machine,

@@ -45,13 +45,15 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy._version import __version__
-from prokshy.lines.loglimit import LogLimiter
+from prokshy._loglimit import LogLimiter
+from prokshy.forward.hostside import ForwardTable
+from prokshy.host.forwards import CONTROL_KINDS, DocumentProtocol, ForwardControl
 from prokshy.host.relay import relay
 from prokshy.host.vm import VMUnavailable
 from prokshy.link.interfaces import ILinkAuthorizer
 from prokshy.link.session import Link, LinkConfig
 from prokshy.streams.mux import Mux
-from prokshy.streams.stream import StreamRefused, encodeJSON
+from prokshy.streams.stream import StreamRefused
 
 CLIENT_WINDOW = 256 * 1024
 CLIENT_PAYLOAD = 16 * 1024
@@ -59,20 +61,11 @@ CLIENT_PAYLOAD = 16 * 1024
 MAX_CONNECTIONS = 1024
 HANDSHAKE_TIMEOUT = 10.0
 MAX_STREAMS_PER_CLIENT = 64
-FEATURES = ("exec", "info", "signal", "stderr", "status", "vm")
+FEATURES = ("exec", "info", "signal", "stderr", "status", "vm", "forward")
 #: The most bytes of JSON the VM names may take in the daemon's hello: the
 #: rest of the hello needs well under 1 KiB, and a hello line is at most
 #: 2048 bytes.  Beyond it, the hello lists no VMs (the status stream does).
 HELLO_VMS_BUDGET = 1024
-
-
-class StatusProtocol(Protocol):
-    def __init__(self, daemon):
-        self.daemon = daemon
-
-    def connectionMade(self):
-        self.transport.write(encodeJSON(self.daemon.status()))
-        self.transport.loseConnection()
 
 
 @implementer(ILinkAuthorizer)
@@ -151,7 +144,13 @@ class FramedClient(Protocol):
             )
         kind = stream.kind
         if kind == "status":
-            return StatusProtocol(self.daemon)
+            return DocumentProtocol(self.daemon.status())
+        if kind in CONTROL_KINDS:
+            return self.daemon.control.open(kind, stream.args)
+        if kind == "listen":
+            # The guest's connections to it would come to the daemon, not to
+            # this client.
+            raise StreamRefused("unknown-kind", "reverse forwards are added with forward-add")
         args = dict(stream.args)
         name = args.pop("vm", None)
         named = name is not None
@@ -333,6 +332,9 @@ class Daemon:
         self.maxConnections = maxConnections
         self.handshakeTimeout = handshakeTimeout
         self.maxStreamsPerClient = maxStreamsPerClient
+        #: Every forward (configured and added by clients).
+        self.forwards = ForwardTable(reactor, vms)
+        self.control = ForwardControl(self.forwards)
         self.startedAt = time.time()
         self.handshakeLog = LogLimiter(reactor, self.log, interval=10.0)
         self.connectionsLog = LogLimiter(reactor, self.log, interval=10.0)

@@ -29,10 +29,13 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from prokshy._retrylog import quietLogger
+from prokshy.forward.interfaces import IForwardVM
 from prokshy.host.client import HostProtocol
 from prokshy.host.queue import OpenQueue
+from prokshy.streams.stream import StreamRefused
 
 #: Seconds before the first "still down" reminder; it doubles up to
 #: L{REMIND_MAX}.
@@ -117,6 +120,7 @@ class _RecordingEndpoint:
         return "<vm %s console %s>" % (self.vm.name, self.vm.path)
 
 
+@implementer(IForwardVM)
 class VMConnection:
     """
     @ivar name: the VM's name.
@@ -145,6 +149,9 @@ class VMConnection:
         self._reminder = None
         self._remindDelay = REMIND_FIRST
         self._stopping = False
+        self._upObservers = []
+        self._downObservers = []
+        self._guestOpens = {}
         kwargs = {} if maxWaiting is None else {"maxWaiting": maxWaiting}
         self.queue = OpenQueue(self, reactor, **kwargs)
         if endpoint is None:
@@ -205,6 +212,7 @@ class VMConnection:
 
     def _buildProtocol(self):
         proto = HostProtocol(self.reactor, self.linkConfig)
+        proto.mux.openHandler = self._guestOpened
         proto.closedReason = "vm down: console socket closed"
         proto.mux.whenUp(lambda info: self._up(proto, info))
         proto.mux.whenDown(lambda why: self._down(proto, why))
@@ -218,12 +226,18 @@ class VMConnection:
             self.sessions += 1
             self._setState("up", "session with agent %s" % (info.peerHello.get("agent", "?"),))
             self.queue.sessionUp(info)
+            for cb in list(self._upObservers):
+                cb(proto.mux)
 
     def _down(self, proto, why):
         if proto is self.protocol:
-            if self.state == "up":
+            wasUp = self.state == "up"
+            if wasUp:
                 self._setState("connected", str(why))
             self.queue.sessionDown(why)
+            if wasUp:
+                for cb in list(self._downObservers):
+                    cb(why)
 
     def _lost(self, proto, why):
         if proto is self.protocol:
@@ -232,6 +246,36 @@ class VMConnection:
 
     def _connectFailed(self, failure):
         self._setState("connecting", failure.getErrorMessage())
+
+    # -- IForwardVM -----------------------------------------------------------
+
+    def session(self):
+        try:
+            return self.mux
+        except VMUnavailable:
+            return None
+
+    def unavailable(self):
+        try:
+            self.mux
+        except VMUnavailable as e:
+            return e.detail
+        return "up"
+
+    def whenUp(self, callback):
+        self._upObservers.append(callback)
+
+    def whenDown(self, callback):
+        self._downObservers.append(callback)
+
+    def serveGuestOpens(self, kind, handler):
+        self._guestOpens[kind] = handler
+
+    def _guestOpened(self, stream):
+        handler = self._guestOpens.get(stream.kind)
+        if handler is None:
+            raise StreamRefused("unknown-kind", "the host opens no %r streams" % (stream.kind,))
+        return handler(stream)
 
     @property
     def mux(self):

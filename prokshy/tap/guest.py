@@ -99,7 +99,35 @@ class Options(usage.Options):
         }
     )
 
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["allow-connect"] = []
+        self["allow-listen"] = []
+
+    def opt_allow_connect(self, pattern):
+        """
+        What the host's forwards may connect to inside the guest: HOST:PORT
+        (PORT a number, LOW-HIGH or *; IPv6 in brackets), a unix path glob,
+        or none (repeatable; default: 127.0.0.1:* and [::1]:*).
+        """
+        self["allow-connect"].append(pattern)
+
+    def opt_allow_listen(self, pattern):
+        """
+        What the host's reverse forwards may listen on inside the guest
+        (repeatable; default: 127.0.0.1:1024-65535 and [::1]:1024-65535;
+        none turns reverse forwards off).
+        """
+        self["allow-listen"].append(pattern)
+
     def postOptions(self):
+        from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, PatternError, parsePatterns
+
+        try:
+            self["allow-connect"] = parsePatterns(self["allow-connect"], DEFAULT_CONNECT)
+            self["allow-listen"] = parsePatterns(self["allow-listen"], DEFAULT_LISTEN)
+        except PatternError as e:
+            raise usage.UsageError(str(e))
         if self["device"] is None:
             self["device"] = defaultDevice()
         if self["run-dir"] is None:
@@ -148,6 +176,7 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     from prokshy.guest.agent import GuestProtocol
+    from prokshy.forward.guestside import GuestForwards
     from prokshy.guest.execs import GuestStreams
     from prokshy.guest.reaper import ProcessReaper
     from prokshy.guest.record import recordName
@@ -168,7 +197,8 @@ def makeService(options, reactor=None):
         lineTimeout=options["line-timeout"],
         lineMaxOutput=options["line-max-output"],
     )
-    streams = GuestStreams(runner, options["max-concurrency"], options["max-queue"])
+    forwards = GuestForwards(reactor, options["allow-connect"], options["allow-listen"])
+    streams = GuestStreams(runner, options["max-concurrency"], options["max-queue"], forwards=forwards)
 
     def buildProtocol():
         return GuestProtocol(
@@ -197,8 +227,11 @@ def makeService(options, reactor=None):
     device.setServiceParent(top)
     _Goodbye(device).setServiceParent(top)
     _log.info(
-        "prokshy guest agent on {device}, commands from {dir}",
+        "prokshy guest agent on {device}, commands from {dir}; forwards may connect to {connect}"
+        " and listen on {listen}",
         device=options["device"],
         dir=directory.path,
+        connect=" ".join(options["allow-connect"].texts) or "nothing",
+        listen=" ".join(options["allow-listen"].texts) or "nothing",
     )
     return top

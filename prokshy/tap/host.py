@@ -7,6 +7,12 @@ C{twistd prokshy-host}: Options and makeService for the host daemon.
                              [--tls-ca FILE] [--auth-token-file FILE]
                              [--max-connections N] [--handshake-timeout SECONDS]
                              [--max-streams-per-client N] [--max-waiting N]
+                             [--forward [VM=]SPEC ...] [--reverse [VM=]SPEC ...]
+
+SPEC is ssh's C{[BIND:]PORT:HOST:HOSTPORT} (either side may be a unix
+path; see L{prokshy.forward.spec}).  A malformed one, or one naming no VM,
+ends the start with one line and exit status 2; a forward whose address is
+in use is listed as failed, and the daemon serves on.
 
 The token file must be readable by its owner only (mode 0600 or 0400): a
 file that others may read or write is refused at start.
@@ -18,6 +24,7 @@ import stat
 import sys
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -66,6 +73,23 @@ class Options(usage.Options):
         self["listen"] = []
         self["vms"] = {}
         self["legacy-vm"] = []
+        self["forwards"] = []
+
+    def opt_forward(self, spec):
+        """
+        [VM=][BIND:]PORT:HOST:HOSTPORT (either side may be a unix path): the
+        host listens; each connection reaches HOST:HOSTPORT inside the VM
+        (repeatable; VM= may be left out with one VM).
+        """
+        self["forwards"].append(("forward", spec))
+
+    def opt_reverse(self, spec):
+        """
+        [VM=][BIND:]PORT:HOST:HOSTPORT: the guest listens on BIND:PORT inside
+        the VM; each connection there reaches HOST:HOSTPORT on the host
+        (repeatable).
+        """
+        self["forwards"].append(("reverse", spec))
 
     def opt_listen(self, description):
         """
@@ -114,6 +138,7 @@ class Options(usage.Options):
         for _, name in self["legacy-vm"]:
             if name not in self["vms"]:
                 raise usage.UsageError("--legacy-vm %r: no such vm" % (name,))
+        self["forwards"] = [self._forwardSpec(d, text) for d, text in self["forwards"]]
         self["token"] = None
         if self["auth-token-file"]:
             path = self["auth-token-file"]
@@ -141,6 +166,29 @@ class Options(usage.Options):
             except PolicyError as e:
                 raise usage.UsageError(str(e))
         self["tls"] = self._clientCertificateListeners() if haveCA else {}
+
+    def _forwardSpec(self, direction, text):
+        """
+        Parse one --forward/--reverse.  A bad one ends the start with one
+        line on stderr and exit status 2 (not twistd's usage text).
+        """
+        import attr
+
+        from prokshy.forward.spec import SpecError, Tcp, parseSpec
+
+        try:
+            spec = parseSpec(text)
+        except SpecError as e:
+            badForward(direction, text, str(e))
+        if spec.vm is None:
+            if len(self["vms"]) > 1:
+                badForward(direction, text, "several VMs (%s): say which, as VM=%s" % (", ".join(self["vms"]), text))
+            spec = attr.evolve(spec, vm=next(iter(self["vms"])))
+        elif spec.vm not in self["vms"]:
+            badForward(direction, text, "no vm named %r (have: %s)" % (spec.vm, ", ".join(self["vms"])))
+        if direction == "reverse" and isinstance(spec.listen, Tcp) and spec.listen.port == 0:
+            badForward(direction, text, "a reverse forward needs a listening port (not 0)")
+        return direction, spec
 
     def _clientCertificateListeners(self):
         """
@@ -216,6 +264,7 @@ def makeService(options, reactor=None):
         maxStreamsPerClient=options["max-streams-per-client"],
     )
     top.daemon = daemon
+    _Forwards(daemon.forwards, options["forwards"]).setServiceParent(top)
     tlsListeners = options.get("tls", {})
     for index, policy in enumerate(options["policies"]):
         factory = ClientFactory(daemon, policy)
@@ -241,6 +290,26 @@ def makeService(options, reactor=None):
 _log = Logger()
 
 
+class _Forwards(Service):
+    """
+    Starts the configured forwards with the daemon (after the VMs), and
+    closes every forward's listener when it stops.
+    """
+
+    def __init__(self, table, forwards):
+        self.table = table
+        self.configured = forwards
+
+    def startService(self):
+        Service.startService(self)
+        for direction, spec in self.configured:
+            self.table.addConfigured(direction, spec)
+
+    def stopService(self):
+        Service.stopService(self)
+        return self.table.stop()
+
+
 class ListenerService(StreamServerEndpointService):
     """
     A listener (as C{strports.service} makes) whose failure to listen ends
@@ -260,6 +329,22 @@ class ListenerService(StreamServerEndpointService):
             cannotListen(self.description, e)
 
 
+def _say(message):
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(message + "\n")
+        stream.flush()
+
+
+def badForward(direction, text, why):
+    """
+    Say in one line that a --forward or --reverse is wrong, and exit with
+    status 2.
+    """
+    _say("prokshy-host: --%s %s: %s" % (direction, text, why))
+    raise SystemExit(2)
+
+
 def cannotListen(description, error):
     """
     Say in one line that C{description} cannot listen, and exit with
@@ -270,8 +355,5 @@ def cannotListen(description, error):
         why = why.strerror
     message = "prokshy-host: cannot listen on %s: %s" % (description, why)
     _log.error("{message}", message=message)
-    stream = sys.__stderr__
-    if stream is not None:
-        stream.write(message + "\n")
-        stream.flush()
+    _say(message)
     raise SystemExit(1)

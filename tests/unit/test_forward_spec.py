@@ -76,5 +76,11 @@ class ParseTests(TestCase):
         client = parse(spec.connect.clientEndpoint())
         self.assertEqual((client.kind, client.kwargs), ("tcp6", {"host": "fe80::1", "port": "80"}))
         spec = parseSpec("/run/a=b.sock:/run/c")
-        self.assertEqual(parse(spec.listen.serverEndpoint()).args, ("/run/a=b.sock",))
+        server = parse(spec.listen.serverEndpoint())
+        self.assertEqual((server.args, server.kwargs), (("/run/a=b.sock",), {"mode": "600"}))
         self.assertEqual(parse(parseSpec("1:/run/x").connect.clientEndpoint()).kwargs, {"path": "/run/x"})
+        self.assertEqual(
+            parse(parseSpec("1:/run/x").connect.clientEndpoint(timeout=10)).kwargs,
+            {"path": "/run/x", "timeout": "10"},
+        )
+        self.assertEqual(parse(spec.connect.clientEndpoint(2.5)).kwargs, {"path": "/run/c", "timeout": "2.5"})
