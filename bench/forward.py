@@ -397,20 +397,29 @@ def _short(frame):
     m = _FRAME.match(frame)
     if not m:
         return frame
-    path = m.group("file")
-    for cut in ("site-packages/", "/work/main/", "lib/python3"):
-        if cut in path:
-            path = path.split(cut, 1)[1]
-    return "%s (%s)" % (m.group("func"), path)
+    return "%s (%s)" % (m.group("func"), _shortPath(m.group("file")))
+
+
+#: Frames that only dispatch (the reactor's loop and its logging context):
+#: left out of the cumulative tables, where they would top every one.
+_DISPATCH = re.compile(
+    r"^(<module>|_run_code|_run_module_as_main|main|run|runApp|runReactorWithLogging|"
+    r"ReactorBase\.(run|mainLoop)|mainLoop|ApplicationRunner\.\w+|UnixApplicationRunner\.\w+|"
+    r"EPollReactor\.doPoll|doPoll|callWithLogger|callWithContext|\w*ContextTracker\.callWithContext|"
+    r"_PollLikeMixin\._doReadOrWrite|_doReadOrWrite|Runner\.run|BaseEventLoop\.\w+|Handle\._run)(?= |$)")
+
+#: Where a reactor waits: samples and time there are idle.
+_WAIT = re.compile(r"^(EPollReactor\.doPoll|EpollSelector\.select|\{method 'poll' of 'select\.epoll' objects\})")
 
 
 def collapsedSummary(path, top=12):
     """
-    Self and cumulative sample counts per function from py-spy's raw
-    (collapsed) output.
+    Self and cumulative shares per function of py-spy's raw (collapsed)
+    samples, leaving out those waiting in epoll (py-spy here does not
+    always tell them from running ones).
     """
     selfs, cums = collections.Counter(), collections.Counter()
-    total = 0
+    total = waiting = 0
     try:
         with open(path) as f:
             for line in f:
@@ -419,34 +428,64 @@ def collapsedSummary(path, top=12):
                     continue
                 n = int(count)
                 frames = [_short(fr) for fr in stack.split(";")]
+                if _WAIT.match(frames[-1]):
+                    waiting += n
+                    continue
                 total += n
                 selfs[frames[-1]] += n
                 for fr in set(frames):
-                    cums[fr] += n
+                    if not _DISPATCH.match(fr):
+                        cums[fr] += n
     except OSError as e:
         return "  (no samples: %s)" % (e,)
     if not total:
         return "  (no samples)"
-    lines = ["  %d samples; by self time:" % (total,)]
+    lines = ["  %d samples working (%d more in epoll, left out); by self time:" % (total, waiting)]
     lines += ["    %5.1f%%  %s" % (100.0 * n / total, fr) for fr, n in selfs.most_common(top)]
-    lines.append("  by cumulative time:")
-    lines += ["    %5.1f%%  %s" % (100.0 * n / total, fr) for fr, n in cums.most_common(top + 8)]
+    lines.append("  by cumulative time (the reactor's dispatch frames left out):")
+    lines += ["    %5.1f%%  %s" % (100.0 * n / total, fr) for fr, n in cums.most_common(top)]
     return "\n".join(lines)
 
 
 def cprofileSummary(path, top=15):
-    import io
+    """
+    The top functions of a cProfile file by self and by cumulative time, as
+    shares of the time the process was busy (its whole life less the time
+    in epoll).
+    """
     import pstats
 
     if not os.path.exists(path):
         return "  (no profile written at %s)" % (path,)
-    out = io.StringIO()
-    stats = pstats.Stats(path, stream=out)
-    stats.strip_dirs()
-    stats.sort_stats("cumulative").print_stats(top)
-    stats.sort_stats("tottime").print_stats(top)
-    text = out.getvalue()
-    return "\n".join("  " + l for l in text.splitlines() if l.strip() and not l.startswith("   Ordered"))
+    stats = pstats.Stats(path).stats
+    rows = []
+    waited = 0.0
+    for (filename, line, func), (cc, nc, tt, ct, callers) in stats.items():
+        name = func if filename == "~" else "%s (%s:%d)" % (func, _shortPath(filename), line)
+        if _WAIT.match(name) or (filename == "~" and "poll' of 'select.epoll" in func):
+            waited += tt
+            continue
+        rows.append((name, nc, tt, ct))
+    busy = sum(tt for _, _, tt, _ in rows)
+    if busy <= 0:
+        return "  (nothing recorded)"
+    out = ["  busy %.2f s (plus %.2f s waiting in epoll); by self time:" % (busy, waited)]
+    out.append("    %6s %8s %7s  %s" % ("self", "calls", "us/call", "function"))
+    for name, nc, tt, ct in sorted(rows, key=lambda r: -r[2])[:top]:
+        out.append("    %5.1f%% %8d %7.1f  %s" % (100 * tt / busy, nc, 1e6 * tt / max(nc, 1), name))
+    out.append("  by cumulative time (the reactor's dispatch frames left out):")
+    out.append("    %6s %8s  %s" % ("cum", "calls", "function"))
+    cum = [r for r in rows if not _DISPATCH.match(r[0])]
+    for name, nc, tt, ct in sorted(cum, key=lambda r: -r[3])[:top]:
+        out.append("    %5.1f%% %8d  %s" % (100 * min(ct, busy) / busy, nc, name))
+    return "\n".join(out)
+
+
+def _shortPath(path):
+    for cut in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if cut in path:
+            return path.split(cut, 1)[1]
+    return path
 
 
 # The run.
