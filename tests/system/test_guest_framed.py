@@ -498,10 +498,12 @@ class InfoTests(FramedTestMixin, TestCase):
         self.assertTrue(0.1 <= info["agent_uptime"] < 30, info["agent_uptime"])
         self.assertEqual(info["pid"], os.getpid())
         self.assertEqual((info["running"], info["waiting"], info["max_concurrency"]), (0, 0, 3))
-        # The agent's hello offered the same features.
+        # The agent's hello offered the same features, forwarding's kinds too.
         self.assertEqual(
-            sorted(host.link.info.peerHello["features"]), ["exec", "info", "signal", "stderr"]
+            sorted(host.link.info.peerHello["features"]),
+            ["connect", "exec", "info", "listen", "signal", "stderr"],
         )
+        self.assertEqual(sorted(info["features"]), sorted(host.link.info.peerHello["features"]))
 
 
 class LegacyCoexistenceTests(FramedTestMixin, TestCase):
