@@ -642,10 +642,16 @@ def _report(args, first, last, results, forwards):
           "first, before each row, last:" % (args.mode, args.raw_mib, WINDOW))
     for d, text in (("h2g", "host->guest"), ("g2h", "guest->host")):
         values = sorted(x["MBps"] for x in samples[d])
-        cpus = sorted(x["cpuMsPerMB"] for x in samples[d])
-        print("  %s %s MB/s\n    median %.1f, best %.1f; lost %d bytes in all; CPU (all processes) median %.0f ms/MB"
+        def median(f):
+            v = sorted(f(x) for x in samples[d])
+            return v[len(v) // 2]
+
+        each = {k: median(lambda x: 1e9 * x["cpu"][k] / max(x["delivered"], 1)) for k in ("simulator", "guest", "host")}
+        print("  %s %s MB/s\n    median %.1f, best %.1f; lost %d bytes in all; CPU median %.0f ms/MB "
+              "(simulator %.0f, guest process %.0f, host side %.0f)"
               % (text, " ".join("%.1f" % x["MBps"] for x in samples[d]), values[len(values) // 2],
-                 best[d], sum(x["lost"] or 0 for x in samples[d]), cpus[len(cpus) // 2]))
+                 best[d], sum(x["lost"] or 0 for x in samples[d]), median(lambda x: x["cpuMsPerMB"]),
+                 each["simulator"], each["guest"], each["host"]))
     label = {}
     for name, (kind, port, single, direction) in PLAN.items():
         way = "host->guest" if direction == "h2g" else "guest->host"
@@ -653,7 +659,7 @@ def _report(args, first, last, results, forwards):
         label[name] = ("%s, 1 stream, %s (%d MiB)" % (opt, way, args.mib) if single else
                        "%s, %d streams, %s (%dx%d MiB)" % (opt, args.streams, way, args.streams, args.agg_mib))
     print("\n%-45s %6s %6s | %6s %6s %6s | %6s | %s" % (
-        "row", "MB/s", "s", "raw", "ratio", "/best", "ms/MB", "CPU% sim daemon guest bench"))
+        "row", "MB/s", "s", "raw", "ratio", "/best", "ms/MB", "CPU%: sim daemon guest bench"))
     for name in ROWS:
         if name not in results:
             continue
@@ -667,7 +673,7 @@ def _report(args, first, last, results, forwards):
         good.sort(key=lambda v: v["MBps"] / v["raw"]["MBps"])
         value = good[len(good) // 2]
         cpu = value["cpu"]
-        print("%-45s %6.1f %6.2f | %6.1f %5.0f%% %5.0f%% | %6.0f | %3.0f %3.0f %3.0f %3.0f%s"
+        print("%-45s %6.1f %6.2f | %6.1f %5.0f%% %5.0f%% | %6.0f |      %3.0f %6.0f %5.0f %5.0f%s"
               % (label[name], value["MBps"], value["seconds"], value["raw"]["MBps"],
                  100.0 * value["MBps"] / value["raw"]["MBps"], 100.0 * value["MBps"] / best[PLAN[name][3]],
                  value["cpuMsPerMB"], 100 * cpu["simulator"], 100 * cpu["daemon"], 100 * cpu["guest"],

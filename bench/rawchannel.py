@@ -94,7 +94,8 @@ def cpuSeconds(pid):
 
 def _reap(proc):
     """
-    Wait for a guest process; return the CPU seconds it reported, or NaN.
+    Wait for a guest process; return the CPU seconds it reported (or NaN)
+    and how many reads of the device it made.
     """
     try:
         out, _ = proc.communicate(timeout=10)
@@ -103,8 +104,8 @@ def _reap(proc):
         out, _ = proc.communicate()
     for line in (out or b"").decode(errors="replace").splitlines():
         if line.startswith("cpu "):
-            return float(line.split()[1])
-    return float("nan")
+            return float(line.split()[1]), int(line.split()[2])
+    return float("nan"), 0
 
 
 # The guest process.
@@ -125,13 +126,14 @@ def _guestRead(device, n, ctl, credit="side"):
     fd = _openRaw(device)
     ctl.sendall(b"ready\n")
     cpu0 = _cpu()
-    got = 0
+    got = reads = 0
     deadline = time.monotonic() + DEADLINE
     while got < n and time.monotonic() < deadline:
         ready, _, _ = select.select([fd, ctl], [], [], 1.0)
         if fd in ready:
             data = os.read(fd, _BLOCK)
             got += len(data)
+            reads += 1
             if credit == "channel":
                 os.write(fd, _COUNT.pack(got))
             else:
@@ -140,7 +142,7 @@ def _guestRead(device, n, ctl, credit="side"):
             break
     ctl.sendall(_COUNT.pack(got))
     os.close(fd)
-    print("cpu %.6f" % (_cpu() - cpu0,), flush=True)
+    print("cpu %.6f %d" % (_cpu() - cpu0, reads), flush=True)
 
 
 def _guestWrite(device, n, ctl):
@@ -171,7 +173,7 @@ def _guestWrite(device, n, ctl):
     except OSError:
         pass
     os.close(fd)
-    print("cpu %.6f" % (_cpu() - cpu0,), flush=True)
+    print("cpu %.6f 0" % (_cpu() - cpu0,), flush=True)
 
 
 # The host side.
@@ -272,7 +274,7 @@ def toGuest(sock, device, n, window=WINDOW, credit="channel"):
                 rest += chunk
         except OSError:
             pass
-        guestCpu = _reap(proc)
+        guestCpu, reads = _reap(proc)
         s.close()
         ctl.close()
     hostCpu = _cpu() - cpu0
@@ -282,7 +284,7 @@ def toGuest(sock, device, n, window=WINDOW, credit="channel"):
         acked = _COUNT.unpack_from(pending, whole - _COUNT.size)[0]
     seconds = lastAck - t0
     return {"seconds": seconds, "delivered": acked, "lost": sent - acked, "sent": sent,
-            "stalls": stalls, "cpu": {"host": hostCpu, "guest": guestCpu},
+            "stalls": stalls, "cpu": {"host": hostCpu, "guest": guestCpu}, "guestReads": reads,
             "MBps": acked / seconds / 1e6 if seconds > 0 else 0.0}
 
 
@@ -319,7 +321,7 @@ def toHost(sock, device, n):
             written = None
         ctl.close()
         hostCpu = _cpu() - cpu0
-        guestCpu = _reap(proc)
+        guestCpu, reads = _reap(proc)
         s.close()
     seconds = t1 - t0
     return {"seconds": seconds, "delivered": got, "written": written,
