@@ -45,6 +45,7 @@ from prokshy.cli.format import (
     jsonLine,
     messageLine,
 )
+from prokshy.forward.hostside import ForwardTable
 from prokshy.host.vm import VMConnection
 from prokshy.link.session import NotConnected
 from prokshy.streams.stream import StreamRefused
@@ -272,8 +273,6 @@ class Foreground:
         """
         Set up every forward and connect to the VM.
         """
-        from prokshy.forward.hostside import ForwardTable
-
         self.vm = VMConnection(self.reactor, VM_NAME, self.target, endpoint=self.endpoint)
         self.table = ForwardTable(self.reactor, {VM_NAME: self.vm})
         self.table.observe(self._event)
