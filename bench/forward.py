@@ -359,6 +359,30 @@ def listForwards(ctl):
     return "\n".join(rows) or "(--forwards: %s)" % ((out.stderr or out.stdout).strip()[:300],)
 
 
+def daemonStatus(ctl):
+    """
+    The VM's link counters, as the daemon's --status --json shows them.
+    """
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", "import sys; from prokshy.cli.main import main; sys.exit(main())",
+             "--socket-path", ctl, "--status", "--json"],
+            capture_output=True, text=True, timeout=20, env=dict(os.environ, PYTHONPATH=ROOT))
+    except (OSError, subprocess.SubprocessError) as e:
+        return "(--status failed: %s)" % (e,)
+    lines = []
+    try:
+        d = json.loads(out.stdout)
+    except ValueError:
+        d = {}
+    if isinstance(d, dict):
+        for vm in d.get("vms", []):
+            lines.append("  vm %s: %s, rtt %s ms, in %s out %s bytes, retransmits %s, resyncs %s, skipped %s"
+                         % (vm.get("name"), vm.get("state"), vm.get("rtt_ms"), vm.get("bytes_in"),
+                            vm.get("bytes_out"), vm.get("retransmits"), vm.get("resyncs"), vm.get("skipped_bytes")))
+    return "\n".join(lines) or "(--status: %s)" % ((out.stderr or out.stdout).strip()[:300],)
+
+
 def pySpy():
     found = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     return found if os.path.exists(found) else None
@@ -490,6 +514,19 @@ def _shortPath(path):
 
 # The run.
 
+def stolenSeconds():
+    """
+    @return: the CPU time the hypervisor has taken from this machine (all
+        its CPUs together), from /proc/stat; 0 where it is not known.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 #: name: (client kind, forward port, single stream?, direction)
 PLAN = {
     "fwd-h2g": ("send", "F1", True, "h2g"), "fwd-g2h": ("fetch", "F2", True, "g2h"),
@@ -553,7 +590,7 @@ def main(argv=None):
         procs.append(daemon)
         try:
             results = asyncio.run(_rows(args, only, ports, procs, spies, raw))
-            forwards = listForwards(ctl)
+            forwards = listForwards(ctl) + "\n" + daemonStatus(ctl)
         finally:
             stopSpies(spies)
         last = (raw.toGuest(args.raw_mib * MiB), raw.toHost(args.raw_mib * MiB))
@@ -591,6 +628,7 @@ async def _row(args, bench, ports, pids, raw, name):
     # machines are noisy; see bench/rawchannel.py).
     r = (raw.toGuest if direction == "h2g" else raw.toHost)(args.raw_mib * MiB)
     before = {k: cpuSeconds(pid) for k, pid in pids.items()}
+    stolen = stolenSeconds()
     try:
         mbps, seconds = await asyncio.wait_for(bench.row(kind, ports[port], mib * MiB, streams), args.timeout)
     except (OSError, AssertionError, asyncio.TimeoutError) as e:
@@ -598,7 +636,9 @@ async def _row(args, bench, ports, pids, raw, name):
         print("  %s: %s" % (name, value), file=sys.stderr, flush=True)
         return value
     cpu = {k: cpuSeconds(pid) - before[k] for k, pid in pids.items()}
+    stolen = stolenSeconds() - stolen
     value = {"MBps": mbps, "seconds": seconds, "raw": r, "cpu": {k: v / seconds for k, v in cpu.items()},
+             "stolen": stolen / seconds / (os.cpu_count() or 1),
              "cpuMsPerMB": 1e3 * sum(cpu.values()) / (mib * MiB * streams / 1e6)}
     print("  %s: %.1f MB/s in %.2f s (raw just before: %.1f MB/s)" % (name, mbps, seconds, r["MBps"]),
           file=sys.stderr, flush=True)
@@ -659,7 +699,7 @@ def _report(args, first, last, results, forwards):
         label[name] = ("%s, 1 stream, %s (%d MiB)" % (opt, way, args.mib) if single else
                        "%s, %d streams, %s (%dx%d MiB)" % (opt, args.streams, way, args.streams, args.agg_mib))
     print("\n%-45s %6s %6s | %6s %6s %6s | %6s | %s" % (
-        "row", "MB/s", "s", "raw", "ratio", "/best", "ms/MB", "CPU%: sim daemon guest bench"))
+        "row", "MB/s", "s", "raw", "ratio", "/best", "ms/MB", "CPU%: sim daemon guest bench stolen"))
     for name in ROWS:
         if name not in results:
             continue
@@ -673,18 +713,19 @@ def _report(args, first, last, results, forwards):
         good.sort(key=lambda v: v["MBps"] / v["raw"]["MBps"])
         value = good[len(good) // 2]
         cpu = value["cpu"]
-        print("%-45s %6.1f %6.2f | %6.1f %5.0f%% %5.0f%% | %6.0f |      %3.0f %6.0f %5.0f %5.0f%s"
+        print("%-45s %6.1f %6.2f | %6.1f %5.0f%% %5.0f%% | %6.0f |      %3.0f %6.0f %5.0f %5.0f %6.0f%s"
               % (label[name], value["MBps"], value["seconds"], value["raw"]["MBps"],
                  100.0 * value["MBps"] / value["raw"]["MBps"], 100.0 * value["MBps"] / best[PLAN[name][3]],
                  value["cpuMsPerMB"], 100 * cpu["simulator"], 100 * cpu["daemon"], 100 * cpu["guest"],
-                 100 * cpu["bench"],
+                 100 * cpu["bench"], 100 * value["stolen"],
                  "" if len(good) == 1 else "  ratios %s" % (
                      " ".join("%.0f%%" % (100.0 * v["MBps"] / v["raw"]["MBps"]) for v in good),)))
     print("(raw: the raw channel in the same direction just before the row; ratio: to it%s; /best: to the\n"
           " best raw figure of the run; ms/MB: CPU time of the simulator, daemon, guest agent and this\n"
-          " process per MB moved; CPU%%: each one's share of a core during the row)"
+          " process per MB moved; CPU%%: each one's share of a core during the row; stolen: the share of\n"
+          " the machine's CPUs the hypervisor took meanwhile)"
           % (", the median of the runs" if args.repeat > 1 else "",))
-    print("\nthe daemon's forwards at the end:\n" + forwards)
+    print("\nthe daemon's forwards and its link to the VM at the end:\n" + forwards)
 
 
 if __name__ == "__main__":
