@@ -363,6 +363,9 @@ class AutoChannel(Protocol):
         # peer.  (Link has no public accessor for it yet.)
         self._nonce = self.host.link.nonce
         self.host.link.stop("falling back to the line protocol")
+        # The link was the connection's producer (HostProtocol); the line
+        # exchange, or a new host after a late hello, takes its place.
+        self.transport.unregisterProducer()
 
     @_machine.output()
     def _startLine(self):

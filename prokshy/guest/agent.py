@@ -36,6 +36,7 @@ from prokshy.execs.names import NAME_CHARS
 from prokshy.execs.refusals import CommandRefused
 from prokshy.link.session import MIN_PAYLOAD, MIN_WINDOW, Link, LinkConfig
 from prokshy.streams.mux import Mux
+from prokshy.streams.throttle import Throttle
 from prokshy.transport.interfaces import IHostPresence
 from prokshy.wire.channel import HelloError, parseHello
 
@@ -94,6 +95,7 @@ class GuestProtocol(GuestLineProtocol):
         # The start of a possible line-protocol request (the first bytes of
         # a chunk that held nothing of the session), waiting for its LF.
         self._candidate = None
+        self._linkThrottle = None
 
     def _config(self):
         if self.linkConfig is not None:
@@ -135,8 +137,23 @@ class GuestProtocol(GuestLineProtocol):
         if link.state == "UP":
             self.handler.reset()
             self._candidate = None
+            self._produceForLink()
             self.setRawMode()
         return None
+
+    def _produceForLink(self):
+        # In framed mode a full device buffer pauses the link: frames then
+        # wait in the link, where control frames (an exec's ACCEPT, EXIT)
+        # go out before the streams' next data, not behind a window of it.
+        # (In line mode a command's output is the device's producer.)
+        if self._linkThrottle is None and self.transport.producer is None:
+            self._linkThrottle = Throttle(self.link)
+            self.transport.registerProducer(self._linkThrottle, True)
+
+    def _stopProducingForLink(self):
+        throttle, self._linkThrottle = self._linkThrottle, None
+        if throttle is not None and self.transport.producer is throttle:
+            self.transport.unregisterProducer()
 
     def rawDataReceived(self, data):
         link = self.link
@@ -196,6 +213,7 @@ class GuestProtocol(GuestLineProtocol):
 
     def _toLineMode(self, extra=b""):
         self._candidate = None
+        self._stopProducingForLink()
         # A partial line in the new data must not look stale to line mode.
         self._lastData = self.clock.seconds()
         return self.setLineMode(extra)

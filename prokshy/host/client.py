@@ -23,6 +23,7 @@ from prokshy.execs.status import ExitStatus
 from prokshy.link.session import Link, LinkConfig, SessionEnded
 from prokshy.streams.interfaces import IExecStreamProtocol
 from prokshy.streams.mux import Mux
+from prokshy.streams.throttle import Throttle
 from prokshy.streams.stream import StreamError, decodeJSON
 from prokshy.wire import frames
 
@@ -275,6 +276,9 @@ class HostProtocol(Protocol):
 
     def connectionMade(self):
         self.link = Link(self.clock, self.transport.write, "host", self.mux, self.config)
+        # Frames wait in the link while the channel's buffer is full (see
+        # prokshy.guest.agent): control frames are not stuck behind data.
+        self.transport.registerProducer(Throttle(self.link), True)
         self.link.start()
 
     def dataReceived(self, data):

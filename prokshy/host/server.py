@@ -53,6 +53,7 @@ from prokshy.host.vm import VMUnavailable
 from prokshy.link.interfaces import ILinkAuthorizer
 from prokshy.link.session import Link, LinkConfig
 from prokshy.streams.mux import Mux
+from prokshy.streams.throttle import Throttle
 from prokshy.streams.stream import StreamRefused
 
 CLIENT_WINDOW = 256 * 1024
@@ -98,6 +99,9 @@ class FramedClient(Protocol):
         self.link = Link(
             self.daemon.reactor, self.transport.write, "guest", self.mux, config, authorizer=self
         )
+        # Frames wait in the link while the client's socket is full, so
+        # control frames go before the streams' next data.
+        self.transport.registerProducer(Throttle(self.link), True)
         self.link.start()
 
     def authorize(self, hello):

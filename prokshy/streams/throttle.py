@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.unit.test_streams -*-
 """
-A producer that lets one party pause and resume a stream, but not stop it.
+A producer that lets one party pause and resume a stream (or a link), but
+not stop it.
 """
 
 from twisted.internet.interfaces import IPushProducer

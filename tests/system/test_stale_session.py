@@ -275,6 +275,12 @@ class _ClientTransport:
 
     abortConnection = loseConnection
 
+    def registerProducer(self, producer, streaming):
+        pass  # the guest takes everything at once: never paused
+
+    def unregisterProducer(self):
+        pass
+
     def getPeer(self):
         return None
 
