@@ -26,7 +26,7 @@ its listen stream, so the guest stops listening) at once; its live
 connections go on until they end, as with C{ssh -O cancel}.
 """
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -68,9 +68,10 @@ def _guestServes(mux, kind):
     return mux.info is not None and kind in mux.info.peerHello.get("features", ())
 
 
-def _refusalText(code, message):
+def _refusalText(code, message, mux=None):
     if code in ("unknown-kind", "unsupported"):
-        return "%s (its agent predates forwarding: %s)" % (NOT_SUPPORTED, message)
+        agent = "agent %s" % (_agent(mux),) if mux is not None else "its agent"
+        return "%s (%s predates forwarding: %s)" % (NOT_SUPPORTED, agent, message)
     return "%s: %s" % (code, message)
 
 
@@ -225,7 +226,7 @@ class _LocalForward(_Forward):
         def refused(failure):
             why = failure.value
             if isinstance(why, StreamRefused):
-                text = "refused by the guest: %s" % (_refusalText(why.code, why.message),)
+                text = "refused by the guest: %s" % (_refusalText(why.code, why.message, mux),)
             else:
                 text = "closed: %s" % (failure.getErrorMessage(),)
             self._error("connection from %s %s" % (peer, text))
@@ -238,7 +239,7 @@ class _LocalForward(_Forward):
         self.removed = True
         if self.port is not None:
             port, self.port = self.port, None
-            return port.stopListening()
+            return maybeDeferred(port.stopListening)
         return succeed(None)
 
 
@@ -264,6 +265,9 @@ class _ReverseForward(_Forward):
         mux = self.vm.session()
         if mux is None:
             self._setState("waiting", "waiting for the VM (%s)" % (self.vm.unavailable(),))
+            # Settled: a later session's answer goes to the state only (a
+            # refusal then must not fail a Deferred nobody holds).
+            self._firstAnswer = None
             return succeed(self)
         first = self._firstAnswer
         self.sessionUp(mux)
@@ -298,6 +302,7 @@ class _ReverseForward(_Forward):
             self._opening = False
             if self.removed:
                 stream.loseConnection()
+                self._answered(ForwardError("no-such-forward", "forward %s was removed meanwhile" % (self.id,)))
                 return
             self.listenStream = stream
             self.table._listening(self, mux, stream.id)
@@ -308,9 +313,11 @@ class _ReverseForward(_Forward):
             self._opening = False
             why = failure.value
             if isinstance(why, StreamRefused):
-                self._setState("failed", "the guest refused to listen: %s" % (_refusalText(why.code, why.message),))
-                code = "unsupported" if why.code in ("unknown-kind", "unsupported") else why.code
-                self._answered(ForwardError(code, self.reason))
+                text = _refusalText(why.code, why.message, mux)
+                self._setState("failed", "the guest refused to listen: %s" % (text,))
+                unsupported = why.code in ("unknown-kind", "unsupported")
+                # The error's code is its own; its message is the guest's.
+                self._answered(ForwardError("unsupported" if unsupported else why.code, text if unsupported else why.message))
             else:
                 self._setState("waiting", "waiting for the VM (%s)" % (failure.getErrorMessage(),))
                 self._answered()
@@ -456,7 +463,11 @@ class ForwardTable:
 
         d = forward.start(self.reactor)
         d.addCallbacks(lambda _: forward.row(), failed)
-        return d
+        # The caller may give up waiting (a client that goes away): the
+        # forward is kept all the same (docs/protocol.md §12.9).
+        result = Deferred()
+        d.chainDeferred(result)
+        return result
 
     def addConfigured(self, direction, spec):
         """
@@ -481,9 +492,10 @@ class ForwardTable:
                 "no-such-forward",
                 "no forward %r (have: %s)" % (fid, ", ".join(self.forwards) or "none"),
             )
+        row = forward.row()
         forward.stop()
         self._event(forward, "removed")
-        return forward.row()
+        return row
 
     def rows(self):
         return [f.row() for f in self.forwards.values()]

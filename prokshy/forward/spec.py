@@ -77,8 +77,8 @@ class Tcp:
         The Twisted client endpoint string that connects here (giving up
         after C{timeout} seconds, if given).
         """
-        kind = "tcp6" if self.ipv6 else "tcp"
-        return "%s:host=%s:port=%d" % (kind, quote(self.host), self.port) + _timeout(timeout)
+        # (Twisted has no tcp6 client endpoint string: tcp: takes IPv6.)
+        return "tcp:host=%s:port=%d" % (quote(self.host), self.port) + _timeout(timeout)
 
 
 @attr.s(frozen=True, slots=True)

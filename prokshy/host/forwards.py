@@ -75,7 +75,9 @@ class ForwardControl:
             raise StreamRefused("bad-spec", str(e))
         if spec.vm is None and vm is not None:
             if not isinstance(vm, str):
-                raise StreamRefused("no-such-vm", "vm must be a string")
+                raise StreamRefused(
+                    "no-such-vm", "vm must be a string naming a VM (have: %s)" % (", ".join(self.table.vms),)
+                )
             spec = attr.evolve(spec, vm=vm)
 
         def failed(failure):

@@ -77,7 +77,7 @@ class ParseTests(TestCase):
         server = parse(spec.listen.serverEndpoint())
         self.assertEqual((server.kind, server.args, server.kwargs), ("tcp6", ("8080",), {"interface": "::1"}))
         client = parse(spec.connect.clientEndpoint())
-        self.assertEqual((client.kind, client.kwargs), ("tcp6", {"host": "fe80::1", "port": "80"}))
+        self.assertEqual((client.kind, client.kwargs), ("tcp", {"host": "fe80::1", "port": "80"}))
         spec = parseSpec("/run/a=b.sock:/run/c")
         server = parse(spec.listen.serverEndpoint())
         self.assertEqual((server.args, server.kwargs), (("/run/a=b.sock",), {"mode": "600"}))
