@@ -55,6 +55,7 @@ from prokshy.execs.status import ExitStatus
 from prokshy.sim.faults import TO_GUEST, TO_HOST, FaultInjector, Faults
 
 __all__ = [
+    "EndTransport",
     "ChannelEnd",
     "ChannelStalled",
     "ChannelTimeout",
@@ -607,9 +608,10 @@ class MemoryRunner:
 
 
 @implementer(ITransport)
-class _EndTransport:
+class EndTransport:
     """
-    A protocol's transport onto one L{ChannelEnd}.
+    A protocol's transport onto one L{ChannelEnd} (a consumer too: it
+    records the producer registered with it, and never pauses it).
     """
 
     disconnecting = False
@@ -666,7 +668,7 @@ class MemoryVM:
         self.guest = GuestProtocol(self.runner, self.clock, streams)
         self.host = HostProtocol(self.clock)
         for end, proto in ((self.channel.guest, self.guest), (self.channel.host, self.host)):
-            proto.makeConnection(_EndTransport(end))
+            proto.makeConnection(EndTransport(end))
             end.receiver = proto
 
     def connect(self, timeout=60.0):

@@ -14,7 +14,6 @@ import errno
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionLost
-from twisted.internet.interfaces import ITransport
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -33,7 +32,7 @@ from prokshy.host.vm import VMConnection
 from prokshy.link.session import LinkConfig
 from prokshy.streams.mux import Mux
 from prokshy.streams.stream import StreamRefused
-from prokshy.testing import LossyChannel, LinkPair, MemoryRunner, deterministicNonces
+from prokshy.testing import EndTransport, LossyChannel, LinkPair, MemoryRunner, deterministicNonces
 from prokshy.wire import frames
 from prokshy.streams.stream import decodeJSON
 
@@ -981,41 +980,6 @@ class ObserveTests(HostWorld, SynchronousTestCase):
 
 
 # -- VMConnection as the IForwardVM of the daemon --------------------------------
-
-
-@implementer(ITransport)
-class EndTransport:
-    """
-    A protocol's transport onto one end of a L{LossyChannel}.
-    """
-
-    disconnecting = False
-
-    def __init__(self, end):
-        self.end = end
-
-    def write(self, data):
-        self.end.write(data)
-
-    def writeSequence(self, data):
-        self.end.write(b"".join(data))
-
-    def loseConnection(self):
-        self.disconnecting = True
-
-    abortConnection = loseConnection
-
-    def getPeer(self):
-        return ("memory", self.end.peer.name)
-
-    def getHost(self):
-        return ("memory", self.end.name)
-
-    def registerProducer(self, producer, streaming):
-        pass
-
-    def unregisterProducer(self):
-        pass
 
 
 class VMConnectionTests(SynchronousTestCase):
