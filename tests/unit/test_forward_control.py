@@ -235,10 +235,6 @@ class VMChoiceTests(ControlWorld, SynchronousTestCase):
         """
         docs/protocol.md §12.9: "a C{vm} that is neither absent, null nor a
         string, is refused C{no-such-vm} (the message lists the VM names)".
-
-        KNOWN BUG (minor, reported by the test helper, not fixed here):
-        L{ForwardControl._add}'s message is "vm must be a string", naming
-        no VM.
         """
         self.control(("web", "db"))
         code, message = self.refused("forward-add", direction="forward", spec="8080:127.0.0.1:80", vm=5)
@@ -322,10 +318,6 @@ class ReverseControlTests(HostWorld, SynchronousTestCase):
         answer does not undo it".  The stream table cancels the Deferred an
         open handler returned when its stream is reset or its session ends
         (L{prokshy.streams.mux.Mux.forget}); that must not undo the add.
-
-        KNOWN BUG (reported by the test helper, not fixed here): the
-        cancellation reaches L{ForwardTable.add}'s errback, which stops and
-        drops the forward.
         """
         d = self.add("8080:127.0.0.1:80")
         d.addErrback(lambda f: None)

@@ -141,11 +141,6 @@ class BadOpenTests(SynchronousTestCase):
     def test_normalisedIPv6(self):
         """
         An IPv6 target is connected to, in canonical form.
-
-        KNOWN BUG (reported by the test helper, not fixed here):
-        L{prokshy.forward.spec.Tcp.clientEndpoint} gives C{tcp6:host=...},
-        which Twisted's C{clientFromString} does not know ("Unknown endpoint
-        type: 'tcp6'"), so every connection to an IPv6 target fails.
         """
         self.forwards.open(FakeStream("connect", {"host": "0:0:0:0:0:0:0:1", "port": 22}), None)
         self.assertEqual([c[:2] for c in self.reactor.tcpClients], [("::1", 22)])

@@ -476,10 +476,6 @@ class LocalForwardTests(HostWorld, SynchronousTestCase):
         """
         The row forward-remove answers is the row just before the removal,
         so it names the port that was bound.
-
-        KNOWN BUG (reported by the test helper, not fixed here):
-        L{ForwardTable.remove} takes the row after C{forward.stop()}, which
-        forgets the port: the row says C{127.0.0.1:0}.
         """
         self.world()
         self.added("forward", "0:127.0.0.1:80")
@@ -507,10 +503,6 @@ class LocalForwardTests(HostWorld, SynchronousTestCase):
         C{IListeningPort.stopListening} returns a Deferred only when it
         does not complete at once (the interface's words; MemoryReactor's
         ports return None).
-
-        KNOWN BUG (minor, reported by the test helper, not fixed here):
-        L{ForwardTable.stop} hands C{_LocalForward.stop}'s result (the
-        port's None) to C{gatherResults}: AttributeError.
         """
         self.world()
         self.added("forward", "8080:127.0.0.1:80")
@@ -644,10 +636,6 @@ class ReverseForwardTests(ReverseWorld, SynchronousTestCase):
     def test_refusedMessageIsTheGuests(self):
         """
         docs/protocol.md §12.9: "Refused: the guest's code and message".
-
-        KNOWN BUG (reported by the test helper, not fixed here): the
-        ForwardError's message is the forward's reason, "the guest refused
-        to listen: not-allowed: ...", so the CLI prints the code twice.
         """
         self.world()
         f = self.added("reverse", "80:127.0.0.1:8000")
@@ -710,10 +698,6 @@ class ReverseForwardTests(ReverseWorld, SynchronousTestCase):
         docs/protocol.md §12.9: the message "starts `not supported by the
         guest` and names the guest's agent" (the design: "the same
         message" as for a hello without C{listen}).
-
-        KNOWN BUG (reported by the test helper, not fixed here): it is "the
-        guest refused to listen: not supported by the guest (its agent
-        predates forwarding: this agent opens no 'listen' streams)".
         """
         self.world(forwards=False, guestFeatures=EXEC_FEATURES + ("connect", "listen"))
         f = self.added("reverse", "8080:127.0.0.1:80")
@@ -861,11 +845,6 @@ class ReverseForwardTests(ReverseWorld, SynchronousTestCase):
         """
         The forward-add of a reverse forward removed before the guest
         answered is still answered (a client's forward-add never hangs).
-
-        KNOWN BUG (reported by the test helper, not fixed here):
-        C{_ReverseForward.sessionUp}'s C{accepted} returns early for a
-        removed forward without calling C{_answered}, so the Deferred of
-        C{ForwardTable.add} never fires.
         """
         self.world()
         d = self.added("reverse", "8080:127.0.0.1:80", settle=False)

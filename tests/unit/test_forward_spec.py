@@ -202,12 +202,8 @@ class TwistedEndpointTests(TestCase):
 
     def test_clientIPv6(self):
         """
-        KNOWN BUG (reported by the test helper, not fixed here):
-        L{Tcp.clientEndpoint} gives C{tcp6:host=...} for an IPv6 address,
-        and Twisted has no C{tcp6} client endpoint ("Unknown endpoint type:
-        'tcp6'"), so every connection to an IPv6 target fails.  C{tcp:}
-        (L{TCP4ClientEndpoint}, whose C{connectTCP} takes an IPv6 literal)
-        would do.
+        An IPv6 target connects: Twisted has no C{tcp6} client endpoint
+        string, and C{tcp:}'s C{connectTCP} takes an IPv6 literal.
         """
         reactor = self.connected(Tcp("::1", 22))
         self.assertEqual(reactor.tcpClients[0][:2], ("::1", 22))
