@@ -237,6 +237,10 @@ class _Echo(_TrackedProtocol):
     def dataReceived(self, data):
         self.transport.write(data)
 
+    def connectionLost(self, reason):
+        _TrackedProtocol.connectionLost(self, reason)
+        self.factory.lost.append(reason)
+
 
 @implementer(IHalfCloseableProtocol)
 class _HalfCloseServer(_TrackedProtocol):
@@ -258,6 +262,34 @@ class _HalfCloseServer(_TrackedProtocol):
     def readConnectionLost(self):
         self.factory.eofs.append(self.requestBytes)
         self.transport.write(self.request.digest() + self.factory.response)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class _GreetThenListen(_TrackedProtocol):
+    """
+    Sends the factory's greeting and shuts down its write side at once;
+    then reads the client's request to its EOF, and records its size and
+    sha256.
+    """
+
+    def connectionMade(self):
+        _TrackedProtocol.connectionMade(self)
+        self.factory.connections += 1
+        self.request = hashlib.sha256()
+        self.requestBytes = 0
+        self.transport.write(self.factory.greeting)
+        self.transport.loseWriteConnection()
+
+    def dataReceived(self, data):
+        self.request.update(data)
+        self.requestBytes += len(data)
+
+    def readConnectionLost(self):
+        self.factory.eofs.append((self.requestBytes, self.request.digest()))
         self.transport.loseConnection()
 
     def writeConnectionLost(self):
@@ -293,6 +325,7 @@ class ServerFactory(Factory):
     def __init__(self, protocol, tracked, **attrs):
         self.protocol = type(protocol.__name__, (protocol,), {"tracked": tracked})
         self.connections = 0
+        self.lost = []
         self.eofs = []
         self.resets = 0
         for name, value in attrs.items():
@@ -356,9 +389,27 @@ class Client(_TrackedProtocol):
                 d.callback(self.received)
 
 
+@implementer(IHalfCloseableProtocol)
+class HalfCloseClient(Client):
+    """
+    A L{Client} whose connection stays open for writing after the peer's
+    EOF: C{eof} fires then.
+    """
+
+    def __init__(self):
+        Client.__init__(self)
+        self.eof = Deferred()
+
+    def readConnectionLost(self):
+        self.eof.callback(self.received)
+
+    def writeConnectionLost(self):
+        pass
+
+
 @inlineCallbacks
-def connectClient(tracked, port):
-    client = Client()
+def connectClient(tracked, port, protocol=None):
+    client = protocol if protocol is not None else Client()
     client.tracked = tracked
     yield withTimeout(
         TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10).connect(Factory.forProtocol(lambda: client)),
@@ -549,8 +600,8 @@ class Rig:
         factory = ServerFactory(protocol, self.tracked, **attrs)
         return factory, listen(self.testCase, factory)
 
-    def client(self, port):
-        return connectClient(self.tracked, port)
+    def client(self, port, protocol=None):
+        return connectClient(self.tracked, port, protocol)
 
     @inlineCallbacks
     def httpServer(self, directory):
@@ -673,6 +724,8 @@ class HalfCloseTests(TestCase):
         self.rig = Rig(self)
         self.response = os.urandom(self.RESPONSE)
         self.factory, self.serverPort = self.rig.server(_HalfCloseServer, response=self.response)
+        self.greeting = os.urandom(self.RESPONSE)
+        self.greeter, self.greeterPort = self.rig.server(_GreetThenListen, greeting=self.greeting)
 
     @inlineCallbacks
     def exchange(self, port):
@@ -720,6 +773,45 @@ class HalfCloseTests(TestCase):
             (row["total_connections"], row["bytes_to_target"], row["bytes_from_target"]),
             (1, self.REQUEST, 32 + self.RESPONSE),
         )
+
+    @inlineCallbacks
+    def serverEofFirst(self, port):
+        """
+        The server's EOF comes first: the client gets the whole greeting
+        and then EOF, while its own direction stays open; the request it
+        then sends, and its EOF, reach the server whole.
+        """
+        request = os.urandom(self.REQUEST)
+        client = yield self.rig.client(port, HalfCloseClient())
+        got = yield withTimeout(client.eof, TRANSFER_TIMEOUT, "the server's EOF")
+        self.assertEqual(got, len(self.greeting))
+        self.assertEqual(hashlib.sha256(client.data).digest(), hashlib.sha256(self.greeting).digest())
+        self.assertIsNone(client.reason)
+        client.transport.write(request)
+        client.transport.loseConnection()
+        yield withTimeout(client.lost, TRANSFER_TIMEOUT, "the end")
+        yield waitFor(lambda: self.greeter.eofs, "the request's EOF at the server", STEP_TIMEOUT)
+        self.assertEqual(self.greeter.eofs, [(self.REQUEST, hashlib.sha256(request).digest())])
+
+    @inlineCallbacks
+    def test_serverHalfCloseFirstForward(self):
+        """
+        Through C{--forward}: EOF the other way first (the server's), the
+        client's direction carries on.
+        """
+        yield self.rig.start(daemonArgs=["--forward", "0:127.0.0.1:%d" % (self.greeterPort,)])
+        port = yield self.rig.listenPort("1")
+        yield self.serverEofFirst(port)
+
+    @inlineCallbacks
+    def test_serverHalfCloseFirstReverse(self):
+        """
+        Through C{--reverse}: the same.
+        """
+        guestPort = freeTcpPort()
+        yield self.rig.start(daemonArgs=["--reverse", "%d:127.0.0.1:%d" % (guestPort, self.greeterPort)])
+        yield self.rig.waitRow("1", lambda r: r["state"] == "active", "active")
+        yield self.serverEofFirst(guestPort)
 
 
 # -- 4: no byte lag -------------------------------------------------------------------
@@ -789,6 +881,7 @@ class UpstreamFailureTests(TestCase):
 
     timeout = 120
     CHUNK = 64 * 1024
+    QUICK = 20
 
     def setUp(self):
         self.rig = Rig(self)
@@ -849,15 +942,17 @@ class UpstreamFailureTests(TestCase):
         yield withTimeout(client.lost, STEP_TIMEOUT, "the client's connection to end after the reset")
         self.assertEqual(factory.resets, 1)
         self.assertEqual(client.received, self.CHUNK)
-        self.assertTrue(client.reason.check(error.ConnectionDone, error.ConnectionLost), client.reason)
+        # A reset, not a clean end (which would pass a cut answer off as
+        # whole): the RESET stream aborts the client's socket (SO_LINGER 0).
+        self.assertTrue(client.reason.check(error.ConnectionLost), client.reason)
 
     @inlineCallbacks
     def test_resetUpstream(self):
         """
         A server that resets its connection (SO_LINGER 0) in the middle of
         a stream, behind a forward and behind a reverse forward: the client
-        has had its first chunk, and its connection then ends without its
-        writing anything more; the forward counts no live connection.
+        has had its first chunk, and its connection is then reset without
+        its writing anything more; the forward counts no live connection.
         """
         factory, serverPort = self.rig.server(_ResetServer, chunk=os.urandom(self.CHUNK))
         guestPort = freeTcpPort()
@@ -877,6 +972,80 @@ class UpstreamFailureTests(TestCase):
         row = yield self.rig.waitRow("2", lambda r: r["connections"] == 0, "the connection's end")
         self.assertEqual(row["total_connections"], 1)
         self.assertEqual(factory.connections, 2)
+
+    @inlineCallbacks
+    def test_clientGoneAtOnce(self):
+        """
+        Clients that connect and close at once (before the far side could
+        have accepted their stream), cleanly or with a reset, through a
+        forward and a reverse forward: every far-side connection that was
+        made ends too, no connection is left counted, and the forwards go
+        on carrying data.
+        """
+        echo, echoPort = self.rig.server(_Echo)
+        guestPort = freeTcpPort()
+        yield self.rig.start(daemonArgs=[
+            "--forward", "0:127.0.0.1:%d" % (echoPort,),
+            "--reverse", "%d:127.0.0.1:%d" % (guestPort, echoPort),
+        ])
+        port = yield self.rig.listenPort("1")
+        yield self.rig.waitRow("2", lambda r: r["state"] == "active", "active")
+        for fid, p in (("1", port), ("2", guestPort)):
+            for i in range(self.QUICK):
+                client = yield self.rig.client(p)
+                client.transport.write(b"bye")
+                if i % 2:
+                    client.transport.abortConnection()  # SO_LINGER 0: a reset
+                else:
+                    client.transport.loseConnection()
+                yield client.lost
+            yield self.rig.waitRow(
+                fid, lambda r: r["connections"] == 0 and r["total_connections"] == self.QUICK, "the ends"
+            )
+            yield waitFor(
+                lambda: not [c for c in self.rig.tracked.open if isinstance(c, _Echo)],
+                "forward %s: the far side's connections to end" % (fid,),
+                STEP_TIMEOUT,
+            )
+            client = yield self.rig.client(p)
+            client.transport.write(b"still there")
+            yield withTimeout(client.until(11), STEP_TIMEOUT, "forward %s: an echo after the quick ones" % (fid,))
+            self.assertEqual(client.data, b"still there")
+            client.transport.loseConnection()
+            yield client.lost
+        self.assertLessEqual(echo.connections, 2 * self.QUICK + 2)
+
+    @inlineCallbacks
+    def test_clientReset(self):
+        """
+        A client that resets its connection (SO_LINGER 0) in the middle of
+        an echo, through a forward and through a reverse forward: the
+        server's connection is reset too, and no connection is left
+        counted.
+        """
+        echo, echoPort = self.rig.server(_Echo)
+        guestPort = freeTcpPort()
+        yield self.rig.start(daemonArgs=[
+            "--forward", "0:127.0.0.1:%d" % (echoPort,),
+            "--reverse", "%d:127.0.0.1:%d" % (guestPort, echoPort),
+        ])
+        port = yield self.rig.listenPort("1")
+        yield self.rig.waitRow("2", lambda r: r["state"] == "active", "active")
+        for fid, p in (("1", port), ("2", guestPort)):
+            client = yield self.rig.client(p)
+            client.transport.write(b"x" * self.CHUNK)
+            yield withTimeout(client.until(self.CHUNK), STEP_TIMEOUT, "the echo")
+            servers = [proto for proto in self.rig.tracked.open if isinstance(proto, _Echo)]
+            self.assertEqual(len(servers), 1)
+            client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.transport.abortConnection()
+            yield client.lost
+            yield waitFor(lambda: echo.lost, "forward %s: the server's end" % (fid,), STEP_TIMEOUT)
+            # reset in turn, not closed cleanly
+            self.assertTrue(echo.lost.pop().check(error.ConnectionLost))
+            row = yield self.rig.waitRow(fid, lambda r: r["connections"] == 0, "the connection's end")
+            self.assertEqual(row["total_connections"], 1)
+        self.assertEqual(echo.connections, 2)
 
 
 # -- 6: the guest's allowlists ------------------------------------------------------------
@@ -963,6 +1132,48 @@ class AllowlistTests(TestCase):
         rows = yield rig.session.forwardList()
         self.assertEqual([r["id"] for r in rows], ["1", "2", "3", "4"])
 
+    @inlineCallbacks
+    def test_defaults(self):
+        """
+        A guest with no allowlist options (secure by default): a forward to
+        a loopback port is reached; a reverse forward on a port below 1024
+        or on a unix path, and a forward to a unix path, are refused
+        C{not-allowed}, naming the default patterns.
+        """
+        rig = Rig(self)
+        echo, echoPort = rig.server(_Echo)
+        app = ServerFactory(_Echo, rig.tracked)
+        port = reactor.listenUNIX(rig.path("app.sock"), app)
+        self.addCleanup(port.stopListening)
+        yield rig.start(daemonArgs=[
+            "--forward", "0:127.0.0.1:%d" % (echoPort,),
+            "--forward", "0:%s" % (rig.path("app.sock"),),
+            "--reverse", "1000:127.0.0.1:%d" % (echoPort,),
+            "--reverse", "%s:127.0.0.1:%d" % (rig.path("g.sock"), echoPort),
+        ])
+        client = yield rig.client((yield rig.listenPort("1")))
+        client.transport.write(b"loopback")
+        yield withTimeout(client.until(8), STEP_TIMEOUT, "the echo through the default allowlist")
+        self.assertEqual(client.data, b"loopback")
+        client.transport.loseConnection()
+        yield client.lost
+
+        client = yield rig.client((yield rig.listenPort("2")))
+        client.transport.write(b"unix?")
+        yield withTimeout(client.lost, STEP_TIMEOUT, "the refused client's close")
+        self.assertEqual((client.received, app.connections), (0, 0))
+        row = yield rig.waitRow("2", lambda r: r["last_error"] is not None, "last_error")
+        self.assertIn("not-allowed", row["last_error"])
+        self.assertIn("--allow-connect 127.0.0.1:* [::1]:*", row["last_error"])
+
+        for fid, listen in (("3", "127.0.0.1:1000"), ("4", rig.path("g.sock"))):
+            row = yield rig.waitRow(fid, lambda r: r["state"] == "failed", "failed")
+            self.assertIn("not-allowed", row["reason"])
+            self.assertIn(listen, row["reason"])
+            self.assertIn("--allow-listen 127.0.0.1:1024-65535 [::1]:1024-65535", row["reason"])
+        self.assertFalse(os.path.exists(rig.path("g.sock")))
+        self.assertEqual(echo.connections, 1)
+
 
 # -- 7: bad input at start-up ----------------------------------------------------------------
 
@@ -1040,6 +1251,17 @@ class StartupTests(TestCase):
         yield client.lost
         self.assertTrue(rig.daemon.running)
         self.assertIn(b"address already in use", bytes(rig.daemon.output))
+
+        # At run time, the same address: refused, and not kept.
+        try:
+            yield session.forwardAdd("forward", "%d:127.0.0.1:%d" % (busyPort, echoPort))
+        except StreamRefused as e:
+            self.assertEqual(e.code, "listen-failed")
+            self.assertIn("address already in use", e.message)
+        else:
+            self.fail("a forward on a busy address was added")
+        rows = yield session.forwardList()
+        self.assertEqual([r["id"] for r in rows], ["1", "2"])
 
 
 # -- 8: exec and forwards share the channel ------------------------------------------------------
@@ -1145,7 +1367,11 @@ class OldGuestTests(TestCase):
         self.assertEqual(echo.connections, 0)
 
 
-class ClientListenTests(TestCase):
+class DaemonClientTests(TestCase):
+    """
+    What the daemon refuses its framed clients, with no VM behind it.
+    """
+
     timeout = 60
 
     @inlineCallbacks
@@ -1169,3 +1395,29 @@ class ClientListenTests(TestCase):
         rows = yield session.forwardList()
         self.assertEqual(rows, [])
         self.assertTrue(rig.daemon.running)
+
+    @inlineCallbacks
+    def test_forwardAddRefusals(self):
+        """
+        forward-add with a malformed SPEC is refused C{bad-spec}, with an
+        unknown VM C{no-such-vm}, a reverse forward without a listening
+        port C{bad-spec}; none is kept, and the next forward added gets id
+        1.
+        """
+        rig = Rig(self)
+        rig.daemon = rig.startDaemon()
+        session = yield rig.connect()
+        for direction, spec, code, fragment in [
+            ("forward", "8080:nohost", "bad-spec", "8080:nohost"),
+            ("reverse", "0:127.0.0.1:80", "bad-spec", "not 0"),
+            ("forward", "nosuch=0:127.0.0.1:80", "no-such-vm", "nosuch"),
+        ]:
+            try:
+                yield session.forwardAdd(direction, spec)
+            except StreamRefused as e:
+                self.assertEqual((e.code, fragment in e.message), (code, True), e.message)
+            else:
+                self.fail("forward-add %s %s was accepted" % (direction, spec))
+        self.assertEqual((yield session.forwardList()), [])
+        row = yield session.forwardAdd("forward", "0:127.0.0.1:80")
+        self.assertEqual((row["id"], row["state"]), ("1", "waiting"))
