@@ -165,9 +165,13 @@ class Curl(Child):
         del self.output[: -self.KEEP]
 
 
-def startCurl(testCase, url):
+def requireCurl():
     if not os.access(CURL, os.X_OK):
         raise SkipTest("%s is not installed" % (CURL,))
+
+
+def startCurl(testCase, url):
+    requireCurl()
     curl = Curl()
     argv = [CURL, "-sS", "--fail", "--noproxy", "*", "--max-time", str(TRANSFER_TIMEOUT), url]
     reactor.spawnProcess(curl, CURL, argv, env=_ENV)
@@ -178,7 +182,8 @@ def startCurl(testCase, url):
 def freeTcpPort():
     """
     A port nothing listens on now, for a guest listener (which cannot use
-    port 0).
+    port 0).  Another process could take it before the guest binds it;
+    the kernel hands out ephemeral ports in turn, so that is rare.
     """
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -659,6 +664,7 @@ class CurlTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
+        requireCurl()
         self.rig = Rig(self)
         self.www = self.rig.path("www")
         os.mkdir(self.www)
@@ -1202,8 +1208,8 @@ class StartupTests(TestCase):
     def test_badSpecs(self):
         """
         A malformed SPEC (either option), a reverse forward without a
-        listening port, and a SPEC naming an unknown VM: one line on
-        stderr, exit status 2, nothing listening.
+        listening port, a SPEC naming an unknown VM, and one naming no VM
+        of several: one line on stderr, exit status 2, nothing listening.
         """
         rig = Rig(self)
         cases = [
@@ -1217,6 +1223,14 @@ class StartupTests(TestCase):
             self.assertEqual(code, 2, (args, err))
             self.assertOneLine(err, fragment)
             self.assertFalse(os.path.exists(rig.daemonSocket), args)
+        # Two VMs, and a SPEC that names neither.
+        daemon = rig._spawn("daemon", list(_TWISTD) + [
+            "prokshy-host", "--vm", "a=" + rig.path("a.sock"), "--vm", "b=" + rig.path("b.sock"),
+            "--listen", "unix:" + rig.daemonSocket, "--forward", "0:127.0.0.1:80",
+        ])
+        code = yield withTimeout(daemon.ended, START_TIMEOUT, "the daemon to exit")
+        self.assertEqual(code, 2)
+        self.assertOneLine(bytes(daemon.err).decode(), "several VMs (a, b)", "VM=0:127.0.0.1:80")
 
     @inlineCallbacks
     def test_addressInUse(self):
@@ -1284,6 +1298,7 @@ class SharedChannelTests(TestCase):
         finished: counted by the bytes curl has written), five exec round
         trips through the daemon complete, each before the transfer ends.
         """
+        requireCurl()
         rig = Rig(self)
         www = rig.path("www")
         os.mkdir(www)
@@ -1307,8 +1322,14 @@ class SharedChannelTests(TestCase):
         row = yield rig.row("1")
         self.assertEqual(row["connections"], 1)
         self.assertLess(row["bytes_from_target"], self.SIZE)
+        # curl killed in the middle of the saturating transfer: its
+        # connection is reset, and the forward's ends (not left paused).
         curl.signal("KILL")
         yield curl.ended
+        row = yield rig.waitRow("1", lambda r: r["connections"] == 0, "the killed transfer's end")
+        self.assertLess(row["bytes_from_target"], self.SIZE)
+        result = yield withTimeout(session.exec("hello"), STEP_TIMEOUT, "exec after the transfer")
+        self.assertEqual(result.stdout, b"hello\n")
 
 
 # -- 9, 10: a guest that predates forwarding; the daemon's clients cannot listen ------------------
