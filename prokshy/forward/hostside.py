@@ -213,6 +213,11 @@ class _LocalForward(_Forward):
         if mux is None:
             self._error("connection from %s closed: vm %s: %s" % (peer, self.vm.name, self.vm.unavailable()))
             return None  # closed at once
+        if not _guestServes(mux, "connect"):
+            self._error(
+                "connection from %s closed: %s (agent %s predates forwarding)" % (peer, NOT_SUPPORTED, _agent(mux))
+            )
+            return None
         splice = Splice(self._spliceDone)
         args = sideArgs(self.spec.connect)
         args["peer"] = peer

@@ -386,9 +386,13 @@ class LocalForwardTests(HostWorld, SynchronousTestCase):
         result = self.added("forward", "8080:127.0.0.1:80")
         self.assertEqual(result["state"], "failed")
         self.assertEqual(result["reason"], "listening; %s (agent %s predates forwarding)" % (NOT_SUPPORTED, AGENT))
-        sock, _ = self.client()
-        self.runUntil(lambda: sock.disconnecting)
-        self.assertIn("refused by the guest: not supported by the guest", self.row()["last_error"])
+        sock, proto = self.client()
+        self.assertIsNone(proto)  # closed at once: no connect OPEN is tried
+        self.assertEqual(self.guestOpens("connect"), [])
+        self.assertEqual(
+            self.row()["last_error"],
+            "connection from 127.0.0.1:5000 closed: %s (agent %s predates forwarding)" % (NOT_SUPPORTED, AGENT),
+        )
 
     def test_sessionEndPendingOpen(self):
         """
