@@ -4,6 +4,7 @@ in child processes (as in real use), and one timed transfer each way.
 """
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +128,14 @@ async def upload(session, name, n, onStdout=lambda d: None):
     pump()
     result = await running.result
     return time.perf_counter() - t0, result
+
+
+def freePort():
+    """
+    A TCP port on 127.0.0.1 that nothing listens on now.
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.endpoints import UNIXClientEndpoint  # noqa: E402
 
-from bench._rig import startVM, stopAll  # noqa: E402
+from bench._rig import freePort, startVM, stopAll  # noqa: E402
 from prokshy.host.client import connectSession  # noqa: E402
 
 
@@ -61,14 +61,6 @@ def _flood(conn):
             conn.sendall(chunk)
     except OSError:
         conn.close()
-
-
-def _freePort():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class _Sink:
@@ -113,7 +105,7 @@ def main():
     with open(nop, "w") as f:
         f.write("#!/bin/sh\nexit 0\n")
     os.chmod(nop, 0o755)
-    guestPort, hostPort = _source(), _freePort()
+    guestPort, hostPort = _source(), freePort()
     daemon = os.path.join(work, "daemon.sock")
     procs.append(
         subprocess.Popen(

@@ -75,7 +75,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench._rig import startVM, stopAll  # noqa: E402
+from bench._rig import freePort, startVM, stopAll  # noqa: E402
 from bench.rawchannel import WINDOW, RawChannel, cpuSeconds  # noqa: E402
 
 _TAG = struct.Struct("!Q")
@@ -99,14 +99,6 @@ def expectedCrc(n, _cache={}):
             left -= len(piece)
         _cache[n] = crc
     return _cache[n]
-
-
-def freePort():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # The services.

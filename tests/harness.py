@@ -47,6 +47,7 @@ a test can override them; pass e.g. C{--ping-interval 0.2
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -667,3 +668,17 @@ __all__ = [
     "withTimeout",
     "writeCommand",
 ]
+
+
+def freeTcpPort():
+    """
+    A TCP port on 127.0.0.1 that nothing listens on now, for a listener
+    that cannot use port 0 (a guest's).  Another process could take it
+    before it is bound; the kernel hands out ephemeral ports in turn, so
+    that is rare.
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -36,7 +36,7 @@ from zope.interface import implementer
 from prokshy.host.client import HOST_PAYLOAD, HOST_WINDOW, HostProtocol
 from prokshy.link.session import LinkConfig
 from prokshy.streams.stream import StreamRefused
-from tests.harness import PACKAGE_ROOT, shortTempDir, sleep as _sleep, waitFor, withTimeout
+from tests.harness import PACKAGE_ROOT, freeTcpPort, shortTempDir, sleep as _sleep, waitFor, withTimeout
 
 CURL = "/usr/bin/curl"
 
@@ -177,19 +177,6 @@ def startCurl(testCase, url):
     reactor.spawnProcess(curl, CURL, argv, env=_ENV)
     testCase.addCleanup(lambda: (curl.signal("KILL"), curl.ended)[1])
     return curl
-
-
-def freeTcpPort():
-    """
-    A port nothing listens on now, for a guest listener (which cannot use
-    port 0).  Another process could take it before the guest binds it;
-    the kernel hands out ephemeral ports in turn, so that is rare.
-    """
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def deadPort(testCase):
@@ -906,6 +893,24 @@ class UpstreamFailureTests(TestCase):
         self.assertTrue(client.reason.check(error.ConnectionDone, error.ConnectionLost), client.reason)
 
     @inlineCallbacks
+    def _echoBothWays(self):
+        """
+        Start with an echo server on the host, a forward to it (id 1) and a
+        reverse forward to it (id 2), both active.
+
+        @return: (the echo factory, the forward's port, the guest's port).
+        """
+        echo, echoPort = self.rig.server(_Echo)
+        guestPort = freeTcpPort()
+        yield self.rig.start(daemonArgs=[
+            "--forward", "0:127.0.0.1:%d" % (echoPort,),
+            "--reverse", "%d:127.0.0.1:%d" % (guestPort, echoPort),
+        ])
+        port = yield self.rig.listenPort("1")
+        yield self.rig.waitRow("2", lambda r: r["state"] == "active", "active")
+        return echo, port, guestPort
+
+    @inlineCallbacks
     def test_refusedUpstream(self):
         """
         A forward and a reverse forward to a port where nothing listens:
@@ -988,14 +993,7 @@ class UpstreamFailureTests(TestCase):
         made ends too, no connection is left counted, and the forwards go
         on carrying data.
         """
-        echo, echoPort = self.rig.server(_Echo)
-        guestPort = freeTcpPort()
-        yield self.rig.start(daemonArgs=[
-            "--forward", "0:127.0.0.1:%d" % (echoPort,),
-            "--reverse", "%d:127.0.0.1:%d" % (guestPort, echoPort),
-        ])
-        port = yield self.rig.listenPort("1")
-        yield self.rig.waitRow("2", lambda r: r["state"] == "active", "active")
+        echo, port, guestPort = yield self._echoBothWays()
         for fid, p in (("1", port), ("2", guestPort)):
             for i in range(self.QUICK):
                 client = yield self.rig.client(p)
@@ -1029,14 +1027,7 @@ class UpstreamFailureTests(TestCase):
         server's connection is reset too, and no connection is left
         counted.
         """
-        echo, echoPort = self.rig.server(_Echo)
-        guestPort = freeTcpPort()
-        yield self.rig.start(daemonArgs=[
-            "--forward", "0:127.0.0.1:%d" % (echoPort,),
-            "--reverse", "%d:127.0.0.1:%d" % (guestPort, echoPort),
-        ])
-        port = yield self.rig.listenPort("1")
-        yield self.rig.waitRow("2", lambda r: r["state"] == "active", "active")
+        echo, port, guestPort = yield self._echoBothWays()
         for fid, p in (("1", port), ("2", guestPort)):
             client = yield self.rig.client(p)
             client.transport.write(b"x" * self.CHUNK)

@@ -71,7 +71,7 @@ from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.harness import PACKAGE_ROOT, rssBytes, shortTempDir, sleep, waitFor, withTimeout
+from tests.harness import PACKAGE_ROOT, freeTcpPort, rssBytes, shortTempDir, sleep, waitFor, withTimeout
 
 MiB = 1024 * 1024
 
@@ -438,17 +438,6 @@ class Probe(_Ends, Protocol):
 
     def dataReceived(self, data):
         self.received += data
-
-
-def freePort():
-    """
-    A TCP port on 127.0.0.1 that nothing listens on now.
-    """
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def raiseFileLimit():
@@ -869,7 +858,7 @@ class ManyConnectionsTests(TestCase):
         """
         rig = ForwardRig(self)
         yield rig.startUpstream()
-        port = freePort()
+        port = freeTcpPort()
         fid = rig.forward("127.0.0.1:%d:127.0.0.1:%d" % (port, rig.upstreamPort))
         yield rig.startAll()
 
@@ -975,7 +964,7 @@ class StuckConnectionTests(TestCase):
         """
         rig = ForwardRig(self)
         yield rig.startUpstream()
-        stuckPort, port = freePort(), freePort()
+        stuckPort, port = freeTcpPort(), freeTcpPort()
         stuckId = rig.forward("127.0.0.1:%d:127.0.0.1:%d" % (stuckPort, rig.upstreamPort))
         fid = rig.forward("127.0.0.1:%d:127.0.0.1:%d" % (port, rig.upstreamPort))
         yield rig.startAll()
@@ -1104,7 +1093,7 @@ class FaultyChannelTests(TestCase):
         """
         rig = ForwardRig(self, simArgs=self.faults)
         yield rig.startUpstream()
-        port = freePort()
+        port = freeTcpPort()
         fid = rig.forward("127.0.0.1:%d:127.0.0.1:%d" % (port, rig.upstreamPort))
         yield rig.startAll()
 
@@ -1150,7 +1139,7 @@ class RestartTests(TestCase):
     def setUpRig(self):
         rig = ForwardRig(self, guestArgs=FAST_LIVENESS, daemonArgs=FAST_LIVENESS)
         yield rig.startUpstream()
-        self.fport, self.rport = freePort(), freePort()
+        self.fport, self.rport = freeTcpPort(), freeTcpPort()
         rig.forward("127.0.0.1:%d:127.0.0.1:%d" % (self.fport, rig.upstreamPort))
         rig.reverse("127.0.0.1:%d:127.0.0.1:%d" % (self.rport, rig.upstreamPort))
         yield rig.startAll()
