@@ -94,6 +94,7 @@ from automat import MethodicalMachine
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 
+from prokshy._nodelay import noDelay
 from prokshy.cli.format import (
     EXIT_NO_ANSWER,
     EXIT_TRANSPORT,
@@ -174,6 +175,7 @@ class AutoChannel(Protocol):
     # -- the protocol -----------------------------------------------------
 
     def connectionMade(self):
+        noDelay(self.transport)  # --connect tcp:...: no Nagle stall
         self.connect()
 
     def dataReceived(self, data):

@@ -38,11 +38,12 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from prokshy._nodelay import noDelay
 from prokshy.streams.interfaces import IStreamProtocol
 from prokshy.streams.stream import StreamRefused
 from prokshy.streams.throttle import Throttle
@@ -117,8 +118,7 @@ class Splice:
 
     def socketConnected(self, transport):
         self.socket = transport
-        if ITCPTransport.providedBy(transport):
-            transport.setTcpNoDelay(True)
+        noDelay(transport)
         self.peer = describeAddress(transport.getPeer())
         if self._streamGone:
             transport.abortConnection()

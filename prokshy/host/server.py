@@ -44,6 +44,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from prokshy._nodelay import noDelay
 from prokshy._version import __version__
 from prokshy._loglimit import LogLimiter
 from prokshy.forward.hostside import ForwardTable
@@ -190,6 +191,7 @@ class ClientChannel(Protocol):
         self._handshakeCall = None
 
     def connectionMade(self):
+        noDelay(self.transport)
         timeout = self.daemon.handshakeTimeout
         if timeout:
             self._handshakeCall = self.daemon.reactor.callLater(timeout, self._handshakeExpired)
