@@ -563,7 +563,7 @@ class Rig:
         """
         options = guestTap.Options()
         options.parseOptions(self.agentArgs(*extra))
-        service = guestTap.makeService(options, reactor)
+        service = guestTap.makeService(options, reactor, chdir=stayHere)
         agent = InProcessAgent(service, options)
         service.startService()
         self.testCase.addCleanup(agent.stop)
@@ -682,3 +682,10 @@ def freeTcpPort():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def stayHere(path):
+    """
+    The C{chdir} of an agent run in the test process: trial's working
+    directory stays (the real agent works in C{/}).
+    """

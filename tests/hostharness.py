@@ -47,7 +47,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 
 from prokshy.host.client import HOST_PAYLOAD, HOST_WINDOW, HostProtocol
 from prokshy.link.session import LinkConfig
-from tests.harness import POLL, PACKAGE_ROOT, groupAlive, shortTempDir, sleep, waitFor  # noqa: F401 (re-exported)
+from tests.harness import POLL, PACKAGE_ROOT, stayHere, groupAlive, shortTempDir, sleep, waitFor  # noqa: F401 (re-exported)
 
 #: The directory holding the C{prokshy} package (and C{tests}).
 ROOT = PACKAGE_ROOT
@@ -157,7 +157,7 @@ class GuestVM:
             ["--device", self.deviceLink, "--command-dir", self.commandDir, "--run-dir", self.runDir()]
             + self.guestArgs
         )
-        self.agent = guest.makeService(opts, self.reactor)
+        self.agent = guest.makeService(opts, self.reactor, chdir=stayHere)
         self.agent.startService()
         return self.agent
 
@@ -247,7 +247,7 @@ def vmMain(argv):
     # The record of running commands stays beside the VM's own files.
     runDir = os.path.join(os.path.dirname(os.path.abspath(socketPath)), "run")
     opts.parseOptions(["--device", deviceLink, "--command-dir", commandDir, "--run-dir", runDir] + list(argv[3:]))
-    agent = guest.makeService(opts, reactor)
+    agent = guest.makeService(opts, reactor, chdir=stayHere)
     agent.startService()
     reactor.addSystemEventTrigger("before", "shutdown", agent.stopService)
     reactor.addSystemEventTrigger("before", "shutdown", sim.stop)

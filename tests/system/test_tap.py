@@ -181,10 +181,28 @@ class GuestOptionsTests(SynchronousTestCase):
         devices = [s for s in top if isinstance(s, DeviceService)]
         self.assertEqual(len(devices), 1)
         self.assertEqual(devices[0].path, "/dev/x")
-        # The process reaper, the command cleanup, the device, and the
-        # goodbye on stop.
-        self.assertEqual(len(list(top)), 4)
+        # The working directory, the process reaper, the command cleanup,
+        # the device, and the goodbye on stop.
+        self.assertEqual(len(list(top)), 5)
         self.assertFalse(top.running)
+
+    def test_worksInRoot(self):
+        """
+        Started, the agent works in C{/} (so that commands, which run in
+        C{/}, take Twisted's posix_spawn path wherever the agent was
+        started), and the device and command directory given relative to
+        where it was started keep meaning what they meant there.
+        """
+        here = os.getcwd()
+        options = self.parse("--command-dir", "cmd.d", "--device", "dev/vm")
+        self.assertEqual(options["command-dir"], os.path.join(here, "cmd.d"))
+        self.assertEqual(options["device"], os.path.join(here, "dev/vm"))
+        calls = []
+        top = guest.makeService(options, _FakeReactor(), chdir=calls.append)
+        first = list(top)[0]
+        self.assertEqual(calls, [])  # not at build time (twistd opens its log after)
+        first.startService()
+        self.assertEqual(calls, ["/"])
 
 
 @implementer(IReactorProcess)
