@@ -147,12 +147,13 @@ class AllowList:
     def allows(self, target: Union[Tcp, Unix]) -> bool:
         return any(p.matches(target) for p in self.patterns)
 
-    def refusal(self, target: Union[Tcp, Unix], option: str) -> Optional[str]:
+    def refusal(self, target: Union[Tcp, Unix], option: str, who: str = "the guest") -> Optional[str]:
         """
-        None if C{target} is allowed; else the one-line reason.
+        None if C{target} is allowed; else the one-line reason (C{who}
+        refuses: the guest, or the daemon).
         """
         if self.allows(target):
             return None
         if self.off:
-            return "%s is not allowed: the guest turned this direction off (%s none)" % (target, option)
-        return "%s is not allowed by the guest (%s %s)" % (target, option, " ".join(self.texts))
+            return "%s is not allowed: %s turned this direction off (%s none)" % (target, who, option)
+        return "%s is not allowed by %s (%s %s)" % (target, who, option, " ".join(self.texts))

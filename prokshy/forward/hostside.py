@@ -32,6 +32,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns
 from prokshy.forward.bridge import CONNECT_TIMEOUT, Splice, connectSplice, describeAddress
 from prokshy.forward.interfaces import IForwardVM
 from prokshy.forward.spec import Tcp, sideArgs
@@ -405,10 +406,21 @@ class ForwardTable:
 
     log = Logger()
 
-    def __init__(self, reactor, vms, connectTimeout=CONNECT_TIMEOUT):
+    def __init__(self, reactor, vms, connectTimeout=CONNECT_TIMEOUT, clientListen=None, clientConnect=None):
+        """
+        @param clientListen: an L{prokshy.forward.allow.AllowList}: where
+            forwards that clients add (L{add}) may make the host listen
+            (default: loopback, ports 1024 and up).
+        @param clientConnect: where their reverse forwards may make the
+            host connect (default: loopback).  Forwards from the
+            configuration (L{addConfigured}) are the administrator's, and
+            not checked.
+        """
         self.reactor = reactor
         self.vms = vms
         self.connectTimeout = connectTimeout
+        self.clientListen = clientListen or parsePatterns((), DEFAULT_LISTEN)
+        self.clientConnect = clientConnect or parsePatterns((), DEFAULT_CONNECT)
         self.forwards = {}
         self._nextId = 1
         self._observers = []
@@ -456,6 +468,9 @@ class ForwardTable:
             is not kept.
         """
         try:
+            if origin == "client":
+                self._resolveVM(spec)  # an unknown VM is said first
+                self._checkClient(direction, spec)
             forward = self._create(direction, spec, origin)
         except ForwardError as e:
             return fail(e)
@@ -473,6 +488,26 @@ class ForwardTable:
         result = Deferred()
         d.chainDeferred(result)
         return result
+
+    def _checkClient(self, direction, spec):
+        """
+        A client's forward may make the host listen, or connect, only where
+        the daemon's policy allows (the guest checks its own side).
+        """
+        if direction == "forward":
+            listen = spec.listen
+            if isinstance(listen, Tcp) and listen.port == 0:
+                # Port 0: whichever port the kernel picks (1024 and up).
+                for port in (1024, 65535):
+                    why = self.clientListen.refusal(Tcp(listen.host, port), "--client-allow-listen", "the daemon")
+                    if why is not None:
+                        raise ForwardError("not-allowed", why.replace(":%d " % (port,), ":0 ", 1))
+                return
+            why = self.clientListen.refusal(listen, "--client-allow-listen", "the daemon")
+        else:
+            why = self.clientConnect.refusal(spec.connect, "--client-allow-connect", "the daemon")
+        if why is not None:
+            raise ForwardError("not-allowed", why)
 
     def addConfigured(self, direction, spec):
         """

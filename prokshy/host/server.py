@@ -329,6 +329,8 @@ class Daemon:
         maxConnections=MAX_CONNECTIONS,
         handshakeTimeout=HANDSHAKE_TIMEOUT,
         maxStreamsPerClient=MAX_STREAMS_PER_CLIENT,
+        clientListen=None,
+        clientConnect=None,
     ):
         self.reactor = reactor
         self.vms = vms
@@ -339,7 +341,7 @@ class Daemon:
         self.handshakeTimeout = handshakeTimeout
         self.maxStreamsPerClient = maxStreamsPerClient
         #: Every forward (configured and added by clients).
-        self.forwards = ForwardTable(reactor, vms)
+        self.forwards = ForwardTable(reactor, vms, clientListen=clientListen, clientConnect=clientConnect)
         self.control = ForwardControl(self.forwards)
         self.startedAt = time.time()
         self.handshakeLog = LogLimiter(reactor, self.log, interval=10.0)

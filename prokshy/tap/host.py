@@ -8,6 +8,7 @@ C{twistd prokshy-host}: Options and makeService for the host daemon.
                              [--max-connections N] [--handshake-timeout SECONDS]
                              [--max-streams-per-client N] [--max-waiting N]
                              [--forward [VM=]SPEC ...] [--reverse [VM=]SPEC ...]
+                             [--client-allow-listen PATTERN ...] [--client-allow-connect PATTERN ...]
 
 SPEC is ssh's C{[BIND:]PORT:HOST:HOSTPORT} (either side may be a unix
 path; see L{prokshy.forward.spec}).  A malformed one, or one naming no VM,
@@ -74,6 +75,26 @@ class Options(usage.Options):
         self["vms"] = {}
         self["legacy-vm"] = []
         self["forwards"] = []
+        self["client-allow-listen"] = []
+        self["client-allow-connect"] = []
+
+    def opt_client_allow_listen(self, pattern):
+        """
+        Where forwards that clients add at run time may make the daemon
+        listen: HOST:PORT (PORT a number, LOW-HIGH or *), a unix path glob,
+        or none (repeatable; default: 127.0.0.1:1024-65535 and
+        [::1]:1024-65535).  --forward options are not checked.
+        """
+        self["client-allow-listen"].append(pattern)
+
+    def opt_client_allow_connect(self, pattern):
+        """
+        Where reverse forwards that clients add at run time may make the
+        daemon connect (repeatable; default: 127.0.0.1:* and [::1]:*; unix
+        paths only when a pattern names them).  --reverse options are not
+        checked.
+        """
+        self["client-allow-connect"].append(pattern)
 
     def opt_forward(self, spec):
         """
@@ -139,6 +160,13 @@ class Options(usage.Options):
             if name not in self["vms"]:
                 raise usage.UsageError("--legacy-vm %r: no such vm" % (name,))
         self["forwards"] = [self._forwardSpec(d, text) for d, text in self["forwards"]]
+        from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, PatternError, parsePatterns
+
+        try:
+            self["client-allow-listen"] = parsePatterns(self["client-allow-listen"], DEFAULT_LISTEN)
+            self["client-allow-connect"] = parsePatterns(self["client-allow-connect"], DEFAULT_CONNECT)
+        except PatternError as e:
+            raise usage.UsageError(str(e))
         self["token"] = None
         if self["auth-token-file"]:
             path = self["auth-token-file"]
@@ -262,6 +290,8 @@ def makeService(options, reactor=None):
         maxConnections=options["max-connections"],
         handshakeTimeout=options["handshake-timeout"],
         maxStreamsPerClient=options["max-streams-per-client"],
+        clientListen=options["client-allow-listen"],
+        clientConnect=options["client-allow-connect"],
     )
     top.daemon = daemon
     _Forwards(daemon.forwards, options["forwards"]).setServiceParent(top)

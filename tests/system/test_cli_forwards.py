@@ -27,6 +27,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
+from tests.harness import freeTcpPort, shortTempDir
 from tests.hostharness import HostHarness, waitFor
 from tests.system.test_cli_framed import CLITestMixin, runCLI, startCLI
 
@@ -136,6 +137,9 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
         self.startEcho()
         self.h = HostHarness(self)
         self.allowListen(self.h)
+        # The daemon lets clients listen on unix sockets in the test's
+        # directory (its default is loopback TCP only).
+        self.h.hostArgs = list(self.h.hostArgs) + ["--client-allow-listen", os.path.join(self.h.dir, "*")]
         yield self.h.start()
 
     def cli(self, *args, **kw):
@@ -270,6 +274,29 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
             self.assertEqual((out, code), (b"", 1), err)
             self.assertOneLineError(err, "prokshy: forward ", ": no-such-vm: ", "nosuch")
         self.assertTrue(refusesConnections(self.path("h.sock")))
+
+    @inlineCallbacks
+    def test_daemonPolicy(self):
+        """
+        A forward that would make the daemon listen where its
+        C{--client-allow-listen} does not allow (a unix path outside the
+        test's directory, all interfaces, a privileged port), or a reverse
+        forward that would make it connect to a unix socket: the daemon's
+        refusal, exit 1, and nothing listens.
+        """
+        outside = os.path.join(shortTempDir(self), "h.sock")
+        for option, spec, why in (
+            ("--forward", "%s:127.0.0.1:%d" % (outside, self.echoPort), outside + " is not allowed by the daemon"),
+            ("--forward", "*:0:127.0.0.1:%d" % (self.echoPort,), "*:0 is not allowed by the daemon"),
+            ("--forward", "80:127.0.0.1:%d" % (self.echoPort,), "127.0.0.1:80 is not allowed by the daemon"),
+            ("--reverse", "%d:/var/run/docker.sock" % (freeTcpPort(),), "/var/run/docker.sock is not allowed by the daemon"),
+        ):
+            out, err, code = yield self.cli(option, spec)
+            self.assertEqual((out, code), (b"", 1), err)
+            self.assertOneLineError(err, ": not-allowed: ", why)
+        self.assertFalse(os.path.exists(outside))
+        out, err, code = yield self.cli("--forwards", "--json")
+        self.assertEqual((out, code), (b"", 0), err)
 
     @inlineCallbacks
     def test_unknownId(self):

@@ -490,10 +490,47 @@ class LocalForwardTests(HostWorld, SynchronousTestCase):
         A unix listener on the host is mode 0600, with Twisted's lock file.
         """
         self.world()
+        self.table.clientListen = parsePatterns(["/run/*.sock"], ())
         result = self.added("forward", "/run/h.sock:127.0.0.1:80")
         self.assertEqual(result["listen"], "/run/h.sock")
         [(address, factory, backlog, mode, wantPID)] = self.hostReactor.unixServers
         self.assertEqual((address, mode, bool(wantPID)), ("/run/h.sock", 0o600, True))
+
+    def test_clientPolicy(self):
+        """
+        A client's forward may make the host listen, and its reverse
+        forward make the host connect, only where the daemon allows
+        (loopback by default, listening on ports 1024 and up, no unix
+        path): anything else is refused C{not-allowed} and not kept.  Port
+        0 (the kernel's pick) is allowed; forwards from the configuration
+        are not checked.
+        """
+        self.world()
+        refused = {
+            ("forward", "/run/h.sock:127.0.0.1:80"):
+                "/run/h.sock is not allowed by the daemon (--client-allow-listen 127.0.0.1:1024-65535 [::1]:1024-65535)",
+            ("forward", "*:8080:127.0.0.1:80"): "*:8080 is not allowed by the daemon",
+            ("forward", "80:127.0.0.1:80"): "127.0.0.1:80 is not allowed by the daemon",
+            ("forward", "10.0.0.1:8080:127.0.0.1:80"): "10.0.0.1:8080 is not allowed",
+            ("reverse", "8080:/var/run/docker.sock"):
+                "/var/run/docker.sock is not allowed by the daemon (--client-allow-connect 127.0.0.1:* [::1]:*)",
+            ("reverse", "8080:10.0.0.5:22"): "10.0.0.5:22 is not allowed by the daemon",
+        }
+        for (direction, text), message in refused.items():
+            failure = self.added(direction, text)
+            failure.trap(ForwardError)
+            self.assertEqual(failure.value.code, "not-allowed", text)
+            self.assertIn(message, failure.value.message, text)
+        self.assertEqual(self.table.rows(), [])
+        self.assertEqual(self.hostReactor.unixServers, [])
+        self.assertEqual(self.added("forward", "0:127.0.0.1:80")["state"], "active")
+        self.table.clientListen = parsePatterns(["127.0.0.1:9000-9100"], ())
+        failure = self.added("forward", "0:127.0.0.1:80")
+        failure.trap(ForwardError)
+        self.assertIn("127.0.0.1:0 is not allowed by the daemon", failure.value.message)
+        configured = self.table.addConfigured("forward", parseSpec("/run/h.sock:127.0.0.1:80"))
+        self.assertEqual(configured.row()["origin"], "config")
+        self.assertEqual(len(self.hostReactor.unixServers), 1)
 
     def test_stop(self):
         self.world()
