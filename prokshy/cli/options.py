@@ -38,7 +38,7 @@ import re
 import attrs
 
 from prokshy._version import __version__
-from prokshy.forward.spec import SpecError, parseSpec
+from prokshy.forward.spec import SpecError, checkDirection, parseSpec
 
 DEFAULT_TIMEOUT = 1.0
 
@@ -367,7 +367,7 @@ def _parsed(parser, request):
     with exactly one line (no usage text) and exit code 2.
     """
     try:
-        spec = parseSpec(request.text)
+        spec = checkDirection(parseSpec(request.text), request.direction)
     except SpecError as e:
         message = str(e)
         if _names(request.text, message):

@@ -35,7 +35,7 @@ from zope.interface import implementer
 from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns
 from prokshy.forward.bridge import CONNECT_TIMEOUT, Splice, connectSplice, describeAddress
 from prokshy.forward.interfaces import IForwardVM
-from prokshy.forward.spec import Tcp, sideArgs
+from prokshy.forward.spec import SpecError, Tcp, checkDirection, sideArgs
 from prokshy.link.session import SessionEnded
 from prokshy.streams.interfaces import IStreamProtocol
 from prokshy.streams.stream import StreamRefused
@@ -449,8 +449,10 @@ class ForwardTable:
     def _create(self, direction, spec, origin):
         if direction not in DIRECTIONS:
             raise ForwardError("bad-spec", "direction must be forward or reverse")
-        if direction == "reverse" and isinstance(spec.listen, Tcp) and spec.listen.port == 0:
-            raise ForwardError("bad-spec", "a reverse forward needs a listening port (not 0)")
+        try:
+            checkDirection(spec, direction)
+        except SpecError as e:
+            raise ForwardError("bad-spec", str(e))
         vm = self._resolveVM(spec)
         fid = str(self._nextId)
         self._nextId += 1

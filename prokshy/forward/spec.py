@@ -30,7 +30,7 @@ import attr
 from prokshy._endpointstrings import quote
 
 __all__ = [
-    "ForwardSpec", "SpecError", "Tcp", "Unix", "parseHost", "parseSpec", "sideArgs", "sideFromArgs", "splitFields",
+    "ForwardSpec", "SpecError", "Tcp", "Unix", "checkDirection", "parseHost", "parseSpec", "sideArgs", "sideFromArgs", "splitFields",
 ]
 
 _VM_NAME = re.compile(r"[a-zA-Z0-9_.-]+\Z")
@@ -199,7 +199,9 @@ def parseSpec(text: str, requireVM: bool = False) -> ForwardSpec:
     @param requireVM: whether C{VM=} must be given.
     @raise SpecError: with a one-line message saying what is wrong.
     """
-    if not isinstance(text, str) or not text:
+    if not isinstance(text, str):
+        raise SpecError("a forward specification is a string")
+    if not text:
         raise SpecError("empty forward specification")
     vm = None
     head, eq, rest = text.partition("=")
@@ -275,3 +277,14 @@ def sideFromArgs(args: dict, listening: bool = False) -> Side:
     if listening and host == "":
         return Tcp("", port)
     return Tcp(parseHost(host, "host", listening), port)
+
+
+def checkDirection(spec: ForwardSpec, direction: str) -> ForwardSpec:
+    """
+    @raise SpecError: for what C{direction} cannot do with C{spec}: a
+        reverse forward names the port the guest binds (not 0).
+    @return: C{spec}.
+    """
+    if direction == "reverse" and isinstance(spec.listen, Tcp) and spec.listen.port == 0:
+        raise SpecError("a reverse forward needs a listening port (not 0)")
+    return spec

@@ -202,7 +202,7 @@ class Options(usage.Options):
         """
         import attr
 
-        from prokshy.forward.spec import SpecError, Tcp, parseSpec
+        from prokshy.forward.spec import SpecError, checkDirection, parseSpec
 
         try:
             spec = parseSpec(text)
@@ -214,8 +214,10 @@ class Options(usage.Options):
             spec = attr.evolve(spec, vm=next(iter(self["vms"])))
         elif spec.vm not in self["vms"]:
             badForward(direction, text, "no vm named %r (have: %s)" % (spec.vm, ", ".join(self["vms"])))
-        if direction == "reverse" and isinstance(spec.listen, Tcp) and spec.listen.port == 0:
-            badForward(direction, text, "a reverse forward needs a listening port (not 0)")
+        try:
+            checkDirection(spec, direction)
+        except SpecError as e:
+            badForward(direction, text, str(e))
         return direction, spec
 
     def _clientCertificateListeners(self):

@@ -137,6 +137,7 @@ class ForwardOptionTests(_Stderr, SynchronousTestCase):
             (["--forward", "8080:127.0.0.1:0"], ["target port 0"]),
             (["--forward", ""], ["empty forward specification"]),
             (["--forward", "8080:127.0.0.1:80", "--reverse", "nope"], ["--reverse", "'nope'"]),
+            (["--reverse", "0:127.0.0.1:80"], ["--reverse 0:127.0.0.1:80", "needs a listening port (not 0)"]),
         ]:
             text = self.usageError(*args)
             self.assertEqual(text.count("\n"), 1, text)

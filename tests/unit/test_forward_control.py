@@ -144,8 +144,8 @@ class AddTests(ControlWorld, SynchronousTestCase):
             ("8080", "is not [BIND:]PORT:HOST:HOSTPORT"),
             ("99999:h:1", "out of range"),
             ("", "empty forward specification"),
-            (5, "empty forward specification"),
-            (None, "empty forward specification"),
+            (5, "a forward specification is a string"),
+            (None, "a forward specification is a string"),
         ]:
             args = {"direction": "forward"}
             if spec is not None:
