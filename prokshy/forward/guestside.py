@@ -18,15 +18,13 @@ C{connect-failed}, C{listen-failed}.  Each refusal is logged, at most a
 few lines a second.
 """
 
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns
 from prokshy.forward.bridge import CONNECT_TIMEOUT, Splice, connectSplice, describeAddress
+from prokshy.forward.listeners import ListenFailed, Listeners
 from prokshy.forward.spec import SpecError, sideFromArgs
 from prokshy._loglimit import LogLimiter
 from prokshy.streams.interfaces import IStreamProtocol
@@ -58,6 +56,7 @@ class GuestForwards:
         self.connections = 0
         self.listeners = 0
         self._refusals = LogLimiter(reactor, self.log, interval=10.0)
+        self._listening = Listeners(reactor)
 
     def open(self, stream, opener):
         """
@@ -103,34 +102,20 @@ class GuestForwards:
         factory = Factory.forProtocol(Protocol)
         factory.buildProtocol = listener.buildProtocol
         factory.noisy = False
-        attempt = serverFromString(self.reactor, target.serverEndpoint()).listen(factory)
-        result = Deferred(lambda _: attempt.cancel())
 
         def listening(port):
             listener.port = port
             self.listeners += 1
             self.log.info("listening on {target} for the host", target=str(target))
-            if result.called:
-                port.stopListening()  # withdrawn meanwhile
-            else:
-                result.callback(listener)
+            return listener
 
         def failed(failure):
-            message = "%s: %s" % (target, _listenError(failure))
+            failure.trap(ListenFailed)
+            message = str(failure.value)
             self._refusals.emit("listen {why}", why=message)
-            if not result.called:
-                result.errback(StreamRefused("listen-failed", message))
+            raise StreamRefused("listen-failed", message)
 
-        attempt.addCallbacks(listening, failed)
-        return result
-
-
-def _listenError(failure):
-    exc = failure.value
-    if isinstance(exc, CannotListenError) and isinstance(exc.socketError, OSError) and exc.socketError.strerror:
-        return exc.socketError.strerror.lower()
-    return failure.getErrorMessage()
-
+        return self._listening.listen(target, factory).addCallbacks(listening, failed)
 
 
 @implementer(IStreamProtocol)
@@ -180,5 +165,5 @@ class _Listener(Protocol):
         if self.port is not None:
             self.forwards.listeners -= 1
             self.forwards.log.info("stopped listening on {target}", target=str(self.target))
-            self.port.stopListening()
+            self.forwards._listening.stop(self.target, self.port)
             self.port = None

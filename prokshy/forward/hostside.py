@@ -26,15 +26,16 @@ its listen stream, so the guest stops listening) at once; its live
 connections go on until they end, as with C{ssh -O cancel}.
 """
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from prokshy._loglimit import LogLimiter
 from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns
 from prokshy.forward.bridge import CONNECT_TIMEOUT, Splice, connectSplice, describeAddress
 from prokshy.forward.interfaces import IForwardVM
+from prokshy.forward.listeners import ListenFailed, Listeners
 from prokshy.forward.spec import SpecError, Tcp, checkDirection, sideArgs
 from prokshy.link.session import SessionEnded
 from prokshy.streams.interfaces import IStreamProtocol
@@ -137,8 +138,10 @@ class _Forward:
             self.table._event(self, "%s: %s" % (state, reason))
 
     def _error(self, message):
+        # One connection's failure: logged at most every few seconds (with
+        # a count of the rest), as anyone who can connect can cause them.
         self.lastError = message
-        self.table._event(self, message)
+        self.table._event(self, message, limited=True)
 
     def _spliced(self, splice):
         self.splices.add(splice)
@@ -180,18 +183,19 @@ class _LocalForward(_Forward):
         factory = Factory.forProtocol(Protocol)
         factory.buildProtocol = self._buildProtocol
         factory.noisy = False
-        d = serverFromString(reactor, self.spec.listen.serverEndpoint()).listen(factory)
+        d = self.table.listeners.listen(self.spec.listen, factory)
 
         def listening(port):
             self.port = port
             if self.removed:
-                port.stopListening()
+                self.stop()
                 return self
             self._sessionChanged()
             return self
 
         def failed(failure):
-            self._setState("failed", "cannot listen on %s: %s" % (self.spec.listen, _listenError(failure)))
+            failure.trap(ListenFailed)
+            self._setState("failed", "cannot listen on %s" % (failure.value,))
             raise ForwardError("listen-failed", self.reason)
 
         return d.addCallbacks(listening, failed)
@@ -245,7 +249,7 @@ class _LocalForward(_Forward):
         self.removed = True
         if self.port is not None:
             port, self.port = self.port, None
-            return maybeDeferred(port.stopListening)
+            return self.table.listeners.stop(self.spec.listen, port)
         return succeed(None)
 
 
@@ -388,15 +392,6 @@ class _ListenSide(Protocol):
         self.forward.listenEnded(reason)
 
 
-def _listenError(failure):
-    from twisted.internet.error import CannotListenError
-
-    exc = failure.value
-    if isinstance(exc, CannotListenError) and isinstance(exc.socketError, OSError) and exc.socketError.strerror:
-        return exc.socketError.strerror.lower()
-    return failure.getErrorMessage()
-
-
 class ForwardTable:
     """
     Every forward of a daemon (or of the CLI's foreground mode), by id.
@@ -419,6 +414,8 @@ class ForwardTable:
         self.reactor = reactor
         self.vms = vms
         self.connectTimeout = connectTimeout
+        self.listeners = Listeners(reactor)
+        self._connectionLog = LogLimiter(reactor, self.log, interval=10.0)
         self.clientListen = clientListen or parsePatterns((), DEFAULT_LISTEN)
         self.clientConnect = clientConnect or parsePatterns((), DEFAULT_CONNECT)
         self.forwards = {}
@@ -558,10 +555,10 @@ class ForwardTable:
         """
         self._observers.append(callback)
 
-    def _event(self, forward, message):
-        self.log.info(
-            "forward {id} ({what}): {message}", id=forward.id, what=forward.describe(), message=message
-        )
+    def _event(self, forward, message, limited=False):
+        log = self._connectionLog.emit if limited else self.log.info
+        # ("message" is a key legacy log observers own: "event" it is.)
+        log("forward {id} ({what}): {event}", id=forward.id, what=forward.describe(), event=message)
         if self._observers:
             row = forward.row()
             for cb in list(self._observers):

@@ -1379,6 +1379,37 @@ class OldGuestTests(TestCase):
         self.assertEqual(echo.connections, 0)
 
 
+class ReAddTests(TestCase):
+    """
+    A forward removed and added again for the same address in one go (the
+    two requests in one write): the new one listens (the old listener's
+    close is waited for, on the host and in the guest), and carries data.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_removeAndAddAtOnce(self):
+        rig = Rig(self)
+        echo, echoPort = rig.server(_Echo)
+        yield rig.start()
+        for direction in ("forward", "reverse"):
+            spec = "%d:127.0.0.1:%d" % (freeTcpPort(), echoPort)
+            row = yield rig.session.forwardAdd(direction, spec)
+            yield rig.waitRow(row["id"], lambda r: r["state"] == "active", "active")
+            removing = rig.session.forwardRemove(row["id"])
+            adding = rig.session.forwardAdd(direction, spec)  # the same turn
+            yield removing
+            again = yield withTimeout(adding, STEP_TIMEOUT, "the forward added again")
+            yield rig.waitRow(again["id"], lambda r: r["state"] == "active", "active again")
+            client = yield rig.client(int(spec.split(":")[0]))
+            client.transport.write(b"again")
+            yield withTimeout(client.until(5), STEP_TIMEOUT, "the echo through the new " + direction)
+            self.assertEqual(client.data, b"again")
+            client.transport.loseConnection()
+            yield client.lost
+
+
 class DaemonClientTests(TestCase):
     """
     What the daemon refuses its framed clients, with no VM behind it.

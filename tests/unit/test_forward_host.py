@@ -15,6 +15,7 @@ from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionLost
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -339,6 +340,23 @@ class LocalForwardTests(HostWorld, SynchronousTestCase):
         self.assertEqual(r["last_error"], "connection from 127.0.0.1:5000 closed: vm default: %s" % (WHY,))
         self.assertEqual(self.events[-1][2], r["last_error"])
         self.assertEqual(self.hostReactor.ports[0].stopped, 0)
+
+    def test_connectionErrorsLogLimited(self):
+        """
+        A flood of refused connections (anyone who can connect can cause
+        one) writes at most a line or two to the daemon's log, not one per
+        connection; each still reaches last_error and the observers.
+        """
+        self.world(up=False)
+        self.added("forward", "8080:127.0.0.1:80")
+        with capturedLogs() as events:
+            for i in range(300):
+                self.client(peerPort=6000 + i)
+        lines = [e for e in events if "closed: vm default" in str(e.get("event", ""))]
+        self.assertLessEqual(len(lines), 2, lines)
+        self.assertEqual(self.row()["total_connections"], 300)
+        self.assertIn("127.0.0.1:6299", self.row()["last_error"])
+        self.assertEqual(len([e for e in self.events if "closed: vm" in e[2]]), 300)
 
     def test_refusedByGuest(self):
         """
