@@ -21,14 +21,15 @@ addresses on ports 1024 and up.
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
 from typing import Iterable, Optional, Tuple, Union
 
 import attr
 
-from prokshy.forward.spec import SpecError, Tcp, Unix, parseHost, splitFields
+from prokshy.forward.spec import DEFAULT_BIND, SpecError, Tcp, Unix, parseHost, splitFields
 
-__all__ = ["AllowList", "DEFAULT_CONNECT", "DEFAULT_LISTEN", "PatternError", "parsePatterns"]
+__all__ = ["AllowList", "DEFAULT_CONNECT", "DEFAULT_LISTEN", "PatternError", "parsePatterns", "resolvedPath"]
 
 DEFAULT_CONNECT = ("127.0.0.1:*", "[::1]:*")
 DEFAULT_LISTEN = ("127.0.0.1:1024-65535", "[::1]:1024-65535")
@@ -111,6 +112,8 @@ def _pattern(text: str):
             hostValue = parseHost(host, "host", False)
         except SpecError as e:
             raise PatternError("%r: %s" % (text, e)) from None
+        if hostValue == "localhost":
+            hostValue = DEFAULT_BIND  # as targets are (sideFromArgs)
     low, high = _ports(port, text)
     return TcpPattern(hostValue, low, high)
 
@@ -147,13 +150,54 @@ class AllowList:
     def allows(self, target: Union[Tcp, Unix]) -> bool:
         return any(p.matches(target) for p in self.patterns)
 
-    def refusal(self, target: Union[Tcp, Unix], option: str, who: str = "the guest") -> Optional[str]:
+    def coversPorts(self, host: str, low: int, high: int) -> bool:
+        """
+        Whether every port from C{low} to C{high} on C{host} is allowed (a
+        listening port 0: whichever the kernel picks).
+        """
+        ranges = sorted(
+            (p.low, p.high)
+            for p in self.patterns
+            if isinstance(p, TcpPattern) and (p.host is None or p.host == host)
+        )
+        reached = low - 1
+        for start, end in ranges:
+            if start > reached + 1:
+                break
+            reached = max(reached, end)
+        return reached >= high
+
+    def refusal(
+        self, target: Union[Tcp, Unix], option: str, who: str = "the guest", resolve=None
+    ) -> Optional[str]:
         """
         None if C{target} is allowed; else the one-line reason (C{who}
         refuses: the guest, or the daemon).
+
+        @param resolve: for a unix path, C{resolve(path)} gives the path it
+            really names (symlinks followed), which must be allowed too;
+            None: the path as given only.
         """
-        if self.allows(target):
+        if isinstance(target, Unix) and resolve is not None and self.allows(target):
+            real = Unix(resolve(target.path))
+            if real != target and not self.allows(real):
+                return "%s (really %s) is not allowed by %s (%s %s)" % (
+                    target, real, who, option, " ".join(self.texts))
+            return None
+        if isinstance(target, Tcp) and target.port == 0:
+            if self.coversPorts(target.host, 1024, 65535):
+                return None
+        elif self.allows(target):
             return None
         if self.off:
             return "%s is not allowed: %s turned this direction off (%s none)" % (target, who, option)
         return "%s is not allowed by %s (%s %s)" % (target, who, option, " ".join(self.texts))
+
+
+def resolvedPath(path: str) -> str:
+    """
+    The path a unix socket path really names: symlinks followed in its
+    directory (the socket itself may not exist yet, for a listener).
+    """
+    directory, name = posixpath.split(path)
+    return posixpath.join(os.path.realpath(directory or "/"), name) if name else os.path.realpath(path)

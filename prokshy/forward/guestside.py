@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns
+from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns, resolvedPath
 from prokshy.forward.bridge import CONNECT_TIMEOUT, Splice, connectSplice, describeAddress
 from prokshy.forward.listeners import ListenFailed, Listeners
 from prokshy.forward.spec import SpecError, sideFromArgs
@@ -74,7 +74,7 @@ class GuestForwards:
             target = sideFromArgs(stream.args, listening)
         except SpecError as e:
             raise StreamRefused("bad-open", "%s: %s" % (stream.kind, e))
-        why = allow.refusal(target, option)
+        why = allow.refusal(target, option, resolve=resolvedPath)
         if why is not None:
             self._refusals.emit("refused {kind} {target}: {why}", kind=stream.kind, target=str(target), why=why)
             raise StreamRefused("not-allowed", why)

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy._loglimit import LogLimiter
-from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns
+from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns, resolvedPath
 from prokshy.forward.bridge import CONNECT_TIMEOUT, Splice, connectSplice, describeAddress
 from prokshy.forward.interfaces import IForwardVM
 from prokshy.forward.listeners import ListenFailed, Listeners
@@ -494,17 +494,9 @@ class ForwardTable:
         the daemon's policy allows (the guest checks its own side).
         """
         if direction == "forward":
-            listen = spec.listen
-            if isinstance(listen, Tcp) and listen.port == 0:
-                # Port 0: whichever port the kernel picks (1024 and up).
-                for port in (1024, 65535):
-                    why = self.clientListen.refusal(Tcp(listen.host, port), "--client-allow-listen", "the daemon")
-                    if why is not None:
-                        raise ForwardError("not-allowed", why.replace(":%d " % (port,), ":0 ", 1))
-                return
-            why = self.clientListen.refusal(listen, "--client-allow-listen", "the daemon")
+            why = self.clientListen.refusal(spec.listen, "--client-allow-listen", "the daemon", resolvedPath)
         else:
-            why = self.clientConnect.refusal(spec.connect, "--client-allow-connect", "the daemon")
+            why = self.clientConnect.refusal(spec.connect, "--client-allow-connect", "the daemon", resolvedPath)
         if why is not None:
             raise ForwardError("not-allowed", why)
 

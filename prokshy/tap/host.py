@@ -324,18 +324,27 @@ _log = Logger()
 
 class _Forwards(Service):
     """
-    Starts the configured forwards with the daemon (after the VMs), and
-    closes every forward's listener when it stops.
+    Starts the configured forwards with the daemon, and closes every
+    forward's listener when it stops.  They listen in
+    C{privilegedStartService}, as C{--listen} does: before twistd gives up
+    root with C{--uid}, so a configured port below 1024 works.
     """
 
     def __init__(self, table, forwards):
         self.table = table
         self.configured = forwards
+        self._added = False
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        if not self._added:
+            self._added = True
+            for direction, spec in self.configured:
+                self.table.addConfigured(direction, spec)
 
     def startService(self):
         Service.startService(self)
-        for direction, spec in self.configured:
-            self.table.addConfigured(direction, spec)
+        self.privilegedStartService()  # (a start without the privileged step)
 
     def stopService(self):
         Service.stopService(self)

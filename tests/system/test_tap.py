@@ -271,6 +271,25 @@ class HostOptionsTests(SynchronousTestCase):
             "--listen", "unix:/p", "--vm", "a=/a", "--socket-path", "/b",
         )
 
+    def test_forwardsListenPrivileged(self):
+        """
+        Configured forwards listen in privilegedStartService, as --listen
+        does (before twistd drops root with --uid), and only once.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        options = self.parse(
+            "--listen", "unix:/p", "--socket-path", "/vm.sock",
+            "--forward", "127.0.0.1:80:127.0.0.1:8080",
+        )
+        reactor = MemoryReactorClock()
+        top = host.makeService(options, reactor)
+        top.privilegedStartService()
+        self.assertEqual([(p, i) for p, f, b, i in reactor.tcpServers], [(80, "127.0.0.1")])
+        top.startService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+        top.stopService()
+
     def test_legacyVM(self):
         options = self.parse(
             "--listen", "unix:/p", "--legacy-vm", "db",

@@ -4,7 +4,7 @@ L{prokshy.forward.allow}: the guest decides what the host may reach.
 
 from twisted.trial.unittest import TestCase
 
-from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, PatternError, parsePatterns
+from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, PatternError, parsePatterns, resolvedPath
 from prokshy.forward.spec import Tcp, Unix
 
 
@@ -67,3 +67,59 @@ class AllowTests(TestCase):
         }.items():
             error = self.assertRaises(PatternError, parsePatterns, [text], ())
             self.assertIn(message, str(error), text)
+
+    def test_localhostPattern(self):
+        """
+        A pattern naming localhost means 127.0.0.1, as a target does
+        (targets are normalised so): it is not a pattern that never matches.
+        """
+        allow = parsePatterns(["localhost:*"], ())
+        self.assertTrue(allow.allows(Tcp("127.0.0.1", 22)))
+        self.assertFalse(allow.allows(Tcp("10.0.0.1", 22)))
+
+    def test_portZeroCovered(self):
+        """
+        A listening port 0 (the kernel's pick, 1024 and up) is allowed only
+        where every such port is: split ranges with a gap are not enough.
+        """
+        for patterns, allowed in [
+            (DEFAULT_LISTEN, True),
+            (["127.0.0.1:1024-2000", "127.0.0.1:2001-65535"], True),
+            (["127.0.0.1:1024-2000", "127.0.0.1:60000-65535"], False),
+            (["*:*"], True),
+            (["10.0.0.1:*"], False),
+        ]:
+            why = parsePatterns(patterns, ()).refusal(Tcp("127.0.0.1", 0), "--client-allow-listen", "the daemon")
+            self.assertEqual(why is None, allowed, patterns)
+            if not allowed:
+                self.assertIn("127.0.0.1:0 is not allowed by the daemon", why)
+
+    def test_symlinkResolved(self):
+        """
+        With C{resolve}, a unix path is allowed only if the path it really
+        names is allowed too: a symlink in an allowed directory does not
+        reach (or create a socket in) another.
+        """
+        allow = parsePatterns(["/run/app/*.sock"], ())
+        links = {"/run/app/evil.sock": "/var/run/docker.sock", "/run/app/ok.sock": "/run/app/ok.sock"}
+        self.assertEqual(
+            allow.refusal(Unix("/run/app/evil.sock"), "--allow-connect", resolve=links.get),
+            "/run/app/evil.sock (really /var/run/docker.sock) is not allowed by the guest"
+            " (--allow-connect /run/app/*.sock)",
+        )
+        self.assertIsNone(allow.refusal(Unix("/run/app/ok.sock"), "--allow-connect", resolve=links.get))
+
+    def test_resolvedPath(self):
+        """
+        resolvedPath follows symlinks in a socket path's directory, whether
+        or not the socket exists yet.
+        """
+        import os
+        import tempfile
+
+        base = os.path.realpath(tempfile.mkdtemp())
+        self.addCleanup(__import__("shutil").rmtree, base)
+        os.mkdir(os.path.join(base, "real"))
+        os.symlink(os.path.join(base, "real"), os.path.join(base, "link"))
+        self.assertEqual(resolvedPath(os.path.join(base, "link", "s.sock")), os.path.join(base, "real", "s.sock"))
+        self.assertEqual(resolvedPath(os.path.join(base, "real", "s.sock")), os.path.join(base, "real", "s.sock"))
