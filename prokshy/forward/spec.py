@@ -179,7 +179,9 @@ def parseHost(text: str, what: str, listening: bool) -> str:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
         pass
-    if not _HOSTNAME.match(text):
+    if not _HOSTNAME.match(text) or text.rsplit(".", 1)[-1].isdigit():
+        # (A name whose last label is all digits, as 127.1 or 2130706433, is
+        # an address in a form the resolver reads, never a host name.)
         raise SpecError("%s %r is neither an address nor a host name" % (what, text))
     return text.lower()
 

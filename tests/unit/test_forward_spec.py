@@ -54,6 +54,8 @@ class ParseTests(TestCase):
             "8080:[::1:80": "'[' without ']'",
             "8080:[nope]:80": "not an IPv6 address in brackets",
             "8080:h_x:80": "neither an address nor a host name",
+            "8080:127.1:80": "neither an address nor a host name",
+            "8080:2130706433:80": "neither an address nor a host name",
             "web=": "nothing after web=",
             "8080:h:80:9": "listening port 'h' is not a port number",
             "/" + "x" * 200 + ":h:1": "longer than",
