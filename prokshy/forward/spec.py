@@ -226,10 +226,8 @@ def parseSpec(text: str, requireVM: bool = False) -> ForwardSpec:
         if len(bindAndPort) == 1:
             listen = Tcp(DEFAULT_BIND, _port(bindAndPort[0], "listening port", True))
         elif len(bindAndPort) == 2:
-            listen = Tcp(
-                parseHost(bindAndPort[0], "listening address", True),
-                _port(bindAndPort[1], "listening port", True),
-            )
+            port = _port(bindAndPort[1], "listening port", True)
+            listen = Tcp(parseHost(bindAndPort[0], "listening address", True), port)
         else:
             raise SpecError(
                 "%r is not [BIND:]PORT:HOST:HOSTPORT (either side may be a unix path)" % (text,)
