@@ -52,10 +52,12 @@ from prokshy.execs.interfaces import ICommandNames, ICommandRunner, IExecution
 from prokshy.execs.names import checkName
 from prokshy.execs.refusals import CommandRefused
 from prokshy.execs.status import ExitStatus
+from prokshy.link.interfaces import ILinkListener
 from prokshy.sim.faults import TO_GUEST, TO_HOST, FaultInjector, Faults
 
 __all__ = [
     "EndTransport",
+    "FrameTap",
     "ChannelEnd",
     "ChannelStalled",
     "ChannelTimeout",
@@ -418,6 +420,40 @@ def deterministicNonces(testcase, seed=0):
 
     rng = random.Random(seed)
     testcase.patch(session, "_newNonce", lambda: "%016x" % (rng.getrandbits(64),))
+
+
+@implementer(ILinkListener)
+class FrameTap:
+    """
+    A link listener in front of another (a L{prokshy.streams.mux.Mux}) that
+    records every frame it passes on: C{frames}, and C{of(type, stream)}.
+    """
+
+    def __init__(self, listener):
+        self.listener = listener
+        self.frames = []
+
+    def linkUp(self, link, info):
+        self.listener.linkUp(link, info)
+
+    def linkDown(self, link, reason):
+        self.listener.linkDown(link, reason)
+
+    def linkRefused(self, link, reason):
+        self.listener.linkRefused(link, reason)
+
+    def frameReceived(self, frame):
+        self.frames.append(frame)
+        self.listener.frameReceived(frame)
+
+    def linkWritable(self):
+        self.listener.linkWritable()
+
+    def of(self, ftype, sid=None):
+        """
+        The frames of type C{ftype} (of stream C{sid}, if given), in order.
+        """
+        return [f for f in self.frames if f.type == ftype and (sid is None or f.stream == sid)]
 
 
 class LinkPair:

@@ -29,7 +29,7 @@ from prokshy.streams.interfaces import IStreamProtocol
 from prokshy.streams.mux import Mux
 from prokshy.streams.stream import Stream, StreamRefused, StreamReset
 from prokshy.streams.throttle import Throttle
-from prokshy.testing import LinkPair, deterministicNonces
+from prokshy.testing import FrameTap, LinkPair, deterministicNonces
 from prokshy.wire import frames
 
 # -- shared fakes ------------------------------------------------------------
@@ -247,33 +247,7 @@ class Peer(Protocol):
         return b"".join(self.received)
 
 
-class Tap:
-    """
-    A link listener in front of a L{Mux}, recording the frames it gets.
-    """
-
-    def __init__(self, mux):
-        self.mux = mux
-        self.frames = []
-
-    def linkUp(self, link, info):
-        self.mux.linkUp(link, info)
-
-    def linkDown(self, link, reason):
-        self.mux.linkDown(link, reason)
-
-    def linkRefused(self, link, reason):
-        self.mux.linkRefused(link, reason)
-
-    def frameReceived(self, frame):
-        self.frames.append(frame)
-        self.mux.frameReceived(frame)
-
-    def linkWritable(self):
-        self.mux.linkWritable()
-
-    def of(self, ftype, sid=None):
-        return [f for f in self.frames if f.type == ftype and (sid is None or f.stream == sid)]
+Tap = FrameTap
 
 
 class PairMixin:

@@ -28,7 +28,7 @@ from prokshy.streams.stream import (
     encodeJSON,
 )
 from prokshy.wire import frames
-from prokshy.testing import LinkPair, deterministicNonces
+from prokshy.testing import FrameTap, LinkPair, deterministicNonces
 
 
 @implementer(IStreamProtocol, IExecStreamProtocol, ISignalStreamProtocol)
@@ -114,30 +114,7 @@ class FakeProducer:
         self.events.append("stop")
 
 
-class Tap:
-    """
-    A link listener in front of a L{Mux} that records the frames it gets.
-    """
-
-    def __init__(self, mux):
-        self.mux = mux
-        self.frames = []
-
-    def linkUp(self, link, info):
-        self.mux.linkUp(link, info)
-
-    def linkDown(self, link, reason):
-        self.mux.linkDown(link, reason)
-
-    def frameReceived(self, frame):
-        self.frames.append(frame)
-        self.mux.frameReceived(frame)
-
-    def linkWritable(self):
-        self.mux.linkWritable()
-
-    def of(self, ftype, sid=None):
-        return [f for f in self.frames if f.type == ftype and (sid is None or f.stream == sid)]
+Tap = FrameTap
 
 
 def pattern(n, seed=0):
