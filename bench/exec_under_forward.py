@@ -35,6 +35,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint  # noqa: E402
 
 from bench._rig import freePort, startVM, stopAll  # noqa: E402
 from prokshy.host.client import connectSession  # noqa: E402
+from prokshy.streams.stream import StreamRefused  # noqa: E402
 
 
 def _source():
@@ -75,7 +76,10 @@ class _Sink:
         conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
         with conn:
             while not self.stop and time.monotonic() < self.deadline:
-                data = conn.recv(262144)
+                try:
+                    data = conn.recv(262144)
+                except OSError:
+                    break  # the daemon stopped under us, at the end
                 if not data:
                     break
                 self.received += len(data)
@@ -122,7 +126,14 @@ def main():
                 break
             await task.deferLater(reactor, 0.1, lambda: None)
         session = await connectSession(reactor, UNIXClientEndpoint(reactor, daemon))
-        await _execs(session, 3, deadline)  # warm up
+        while True:  # until the VM's session is up, then warm up
+            try:
+                await _execs(session, 3, deadline)
+                break
+            except StreamRefused:
+                if time.monotonic() > deadline:
+                    raise
+                await task.deferLater(reactor, 0.1, lambda: None)
         idle = await _execs(session, args.execs, deadline)
         sink = _Sink(hostPort, deadline)
         sink.thread.start()
