@@ -179,7 +179,7 @@ class _LocalForward(_Forward):
             return str(Tcp(listen.host, self.port.getHost().port))  # the port bound
         return str(listen)
 
-    def start(self, reactor):
+    def start(self):
         factory = Factory.forProtocol(Protocol)
         factory.buildProtocol = self._buildProtocol
         factory.noisy = False
@@ -262,7 +262,7 @@ class _ReverseForward(_Forward):
     def __init__(self, *args):
         _Forward.__init__(self, *args)
         self.listenStream = None
-        self.reactor = None
+        self._started = False
         self._opening = False
         self._firstAnswer = Deferred()
 
@@ -270,8 +270,8 @@ class _ReverseForward(_Forward):
     def _counts(splice):
         return splice.bytesFromStream, splice.bytesToStream
 
-    def start(self, reactor):
-        self.reactor = reactor
+    def start(self):
+        self._started = True
         mux = self.vm.session()
         if mux is None:
             self._setState("waiting", "waiting for the VM (%s)" % (self.vm.unavailable(),))
@@ -292,7 +292,7 @@ class _ReverseForward(_Forward):
                 first.errback(error)
 
     def sessionUp(self, mux):
-        if self.removed or self.reactor is None or self._opening:
+        if self.removed or not self._started or self._opening:
             return
         if not _guestServes(mux, "listen"):
             self._setState("failed", "%s (agent %s predates forwarding)" % (NOT_SUPPORTED, _agent(mux)))
@@ -358,7 +358,7 @@ class _ReverseForward(_Forward):
         self.total += 1
         splice = Splice(self._spliceDone)
         self._spliced(splice)
-        d = connectSplice(self.reactor, self.spec.connect, splice=splice, timeout=self.table.connectTimeout)
+        d = connectSplice(self.table.reactor, self.spec.connect, splice=splice, timeout=self.table.connectTimeout)
 
         def failed(failure):
             self.splices.discard(splice)
@@ -480,7 +480,7 @@ class ForwardTable:
             self.forwards.pop(forward.id, None)
             return failure
 
-        d = forward.start(self.reactor)
+        d = forward.start()
         d.addCallbacks(lambda _: forward.row(), failed)
         # The caller may give up waiting (a client that goes away): the
         # forward is kept all the same (docs/protocol.md §12.9).
@@ -506,7 +506,7 @@ class ForwardTable:
         state (and logged), not raised.
         """
         forward = self._create(direction, spec, "config")
-        forward.start(self.reactor).addErrback(lambda f: f.trap(ForwardError))
+        forward.start().addErrback(lambda f: f.trap(ForwardError))
         return forward
 
     def remove(self, fid):
