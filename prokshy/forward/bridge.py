@@ -46,7 +46,7 @@ from zope.interface import implementer
 from prokshy._nodelay import noDelay
 from prokshy.streams.interfaces import IStreamProtocol
 from prokshy.streams.stream import StreamRefused
-from prokshy.streams.throttle import Throttle
+from prokshy.streams.throttle import throttleEachOther
 
 __all__ = ["CONNECT_TIMEOUT", "Splice", "connectSplice", "connectRefusal", "describeAddress"]
 
@@ -135,8 +135,7 @@ class Splice:
             self._join()
 
     def _join(self):
-        self.stream.registerProducer(Throttle(self.socket), True)
-        self.socket.registerProducer(Throttle(self.stream), True)
+        throttleEachOther(self.stream, self.socket)
         self.socket.resumeProducing()
 
     def socketData(self, data):

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from prokshy.link.session import SessionEnded
 from prokshy.streams.interfaces import IExecStreamProtocol, ISignalStreamProtocol, IStreamProtocol
 from prokshy.streams.stream import StreamError
-from prokshy.streams.throttle import Throttle
+from prokshy.streams.throttle import throttleEachOther
 from prokshy.wire import frames
 
 
@@ -90,8 +90,7 @@ def relay(queue, client, clientStream, kind, args):
     def accepted(vmStream):
         vmSide.peer = clientStream
         clientSide.peer = vmStream
-        vmStream.registerProducer(Throttle(clientStream), True)
-        clientStream.registerProducer(Throttle(vmStream), True)
+        throttleEachOther(vmStream, clientStream)
         result.callback(clientSide)
 
     def failed(failure):

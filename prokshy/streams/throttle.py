@@ -7,7 +7,7 @@ not stop it.
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-__all__ = ["Throttle"]
+__all__ = ["Throttle", "throttleEachOther"]
 
 
 @implementer(IPushProducer)
@@ -31,3 +31,13 @@ class Throttle:
 
     def stopProducing(self):
         pass
+
+
+def throttleEachOther(a, b):
+    """
+    Join two consumers that feed each other (two streams of a relay, a
+    socket and its stream): each is the other's producer, through a
+    L{Throttle}, so a full one pauses the other and neither stops it.
+    """
+    a.registerProducer(Throttle(b), True)
+    b.registerProducer(Throttle(a), True)
