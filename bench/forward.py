@@ -330,12 +330,19 @@ def startDaemon(work, sock, ports, twistdArgs=()):
     return proc, log, ctl
 
 
+def _cli(ctl, *args):
+    """
+    Run the prokshy CLI against the daemon at C{ctl}; its completed process.
+    """
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from prokshy.cli.main import main; sys.exit(main())",
+         "--socket-path", ctl] + list(args),
+        capture_output=True, text=True, timeout=20, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
 def listForwards(ctl):
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", "import sys; from prokshy.cli.main import main; sys.exit(main())",
-             "--socket-path", ctl, "--forwards", "--json"],
-            capture_output=True, text=True, timeout=20, env=dict(os.environ, PYTHONPATH=ROOT))
+        out = _cli(ctl, "--forwards", "--json")
     except (OSError, subprocess.SubprocessError) as e:
         return "(--forwards failed: %s)" % (e,)
     rows = []
@@ -356,10 +363,7 @@ def daemonStatus(ctl):
     The VM's link counters, as the daemon's --status --json shows them.
     """
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", "import sys; from prokshy.cli.main import main; sys.exit(main())",
-             "--socket-path", ctl, "--status", "--json"],
-            capture_output=True, text=True, timeout=20, env=dict(os.environ, PYTHONPATH=ROOT))
+        out = _cli(ctl, "--status", "--json")
     except (OSError, subprocess.SubprocessError) as e:
         return "(--status failed: %s)" % (e,)
     lines = []
