@@ -104,15 +104,66 @@ def fast(cls):
 class _InputBoundOnce:
     """
     An Automat input, bound to an instance on first use and kept there.
+
+    The bound function does what Automat's does (call the input's empty
+    body, so a bad call raises C{TypeError}; transition; call each output
+    with the arguments it names; collect the values), but it works out once
+    per (input, output) which positional arguments each output takes,
+    instead of inspecting both signatures on every call.
     """
 
     def __init__(self, input, name):
         self.input = input
         self.name = name
+        self._plans = {}
+
+    def _plan(self, output):
+        """
+        The indexes of the input's positional arguments C{output} takes, or
+        None when Automat's own filter must decide (defaults, keywords,
+        variable arguments).
+        """
+        key = id(output)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        spec, out = self.input.argSpec, output.argSpec
+        if spec.varargs or spec.varkw or spec.defaults or spec.kwonlyargs or out.varargs:
+            plan = None
+        else:
+            plan = tuple(i for i, name in enumerate(spec.args[1:]) if name in out.args)
+        self._plans[key] = plan
+        return plan
 
     def __get__(self, oself, type=None):
         if oself is None:
             return self.input
-        bound = self.input.__get__(oself, type)
-        oself.__dict__[self.name] = bound
-        return bound
+        from automat._methodical import _filterArgs, _transitionerFromInstance
+
+        inp = self.input
+        method, collectors, spec, plan = inp.method, inp.collectors, inp.argSpec, self._plan
+        transitioner = _transitionerFromInstance(oself, inp.symbol, inp.automaton)
+
+        def doInput(*args, **kwargs):
+            method(oself, *args, **kwargs)
+            previous = transitioner._state
+            outputs, tracer = transitioner.transition(inp)
+            values = []
+            for output in outputs:
+                if tracer is not None:
+                    tracer(output)
+                p = None if kwargs else plan(output)
+                if p is None:
+                    a, k = _filterArgs(args, kwargs, spec, output.argSpec)
+                    values.append(output.method(oself, *a, **k))
+                elif not p:
+                    values.append(output.method(oself))
+                else:
+                    values.append(output.method(oself, *[args[i] for i in p if i < len(args)]))
+            return collectors[previous](values)
+
+        doInput.__name__ = self.name
+        doInput.__doc__ = method.__doc__
+        oself.__dict__[self.name] = doInput
+        return doInput
