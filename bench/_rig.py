@@ -139,3 +139,154 @@ def freePort():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+# What bench/run.py's groups share (each group runs in a process of its own,
+# with its own reactor).
+
+def runReactor(coroFunction, timeout=None):
+    """
+    Run C{coroFunction(reactor)} (an async function) under the default
+    reactor and return its result (or raise its exception), without
+    C{sys.exit} as C{task.react} does.  With C{timeout}, give up (raise
+    L{TimeoutError}) after that many seconds.
+    """
+    from twisted.internet import defer, reactor
+
+    box = {}
+
+    def start():
+        d = defer.ensureDeferred(coroFunction(reactor))
+        if timeout:
+            d.addTimeout(timeout, reactor)
+
+        def done(result):
+            box["result"] = result
+            reactor.stop()
+
+        def failed(f):
+            box["failure"] = f
+            reactor.stop()
+
+        d.addCallbacks(done, failed)
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if "failure" in box:
+        box["failure"].raiseException()
+    return box.get("result")
+
+
+def procCpuSeconds(pid):
+    """
+    The user + system CPU seconds process C{pid} has used so far (NaN if
+    it is gone).
+    """
+    if pid == os.getpid():
+        t = os.times()
+        return t.user + t.system
+    # The scheduler's own account, in ns, summed over the threads: finer
+    # than /proc/PID/stat's clock ticks (10 ms), which idle rows need.
+    try:
+        total = 0
+        for tid in os.listdir("/proc/%d/task" % (pid,)):
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/%d/stat" % (pid,)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rssBytes(pid):
+    """
+    The resident set size of process C{pid} (C{/proc/PID/status} VmRSS).
+    """
+    with open("/proc/%d/status" % (pid,)) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError("no VmRSS for pid %d" % (pid,))
+
+
+def addTrue(work):
+    """
+    Copy C{/bin/true} into the VM's command.d as C{true} (the same binary
+    the local spawn baselines run).
+
+    @return: its path.
+    """
+    import shutil
+
+    path = os.path.join(work, "command.d", "true")
+    shutil.copy(shutil.which("true") or "/bin/true", path)
+    os.chmod(path, 0o755)
+    return path
+
+
+def startDaemonProc(work, vmSock, listens, extra=()):
+    """
+    Start C{twistd -n prokshy-host --socket-path VMSOCK --listen ...}.
+
+    @return: (the process, its log path).
+    """
+    log = os.path.join(work, "daemon-%d.log" % (len(os.listdir(work)),))
+    cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+           "--logfile", log, "prokshy-host", "--socket-path", vmSock]
+    for listen in listens:
+        cmd += ["--listen", listen]
+    proc = subprocess.Popen(cmd + list(extra), env=dict(os.environ, PYTHONPATH=ROOT), cwd=work)
+    return proc, log
+
+
+def waitPath(path, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError("%s did not appear within %g s" % (path, seconds))
+        time.sleep(0.05)
+
+
+async def connectRetrying(reactor, endpoint, seconds=30.0, probe=None):
+    """
+    L{connectSession} until it succeeds (and, with C{probe}, until
+    C{await probe(session)} succeeds), within C{seconds}.
+    """
+    from twisted.internet import task
+    from prokshy.host.client import connectSession
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            session = await connectSession(reactor, endpoint)
+            if probe is not None:
+                await probe(session)
+            return session
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await task.deferLater(reactor, 0.2, lambda: None)
+
+
+def stopAllHard(procs, grace=5.0):
+    """
+    SIGTERM every process, SIGKILL those still there after C{grace}.
+    """
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.terminate()
+            except OSError:
+                pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -532,7 +532,7 @@ PLAN = {
 }
 
 
-def main(argv=None):
+def parseArgs(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=32, help="MiB per single-stream row (default %(default)s)")
     parser.add_argument("--agg-mib", type=int, default=4,
@@ -563,6 +563,19 @@ def main(argv=None):
         parser.error("--repeat must be 1..20")
     if not 1 <= args.timeout <= 3600:
         parser.error("--timeout must be 1..3600")
+    return args, only
+
+
+def measureAll(args, only):
+    """
+    Start the processes, measure the raw channel first, then the rows
+    C{only} (each after a raw measurement in its direction), then the
+    raw channel last; stop the processes.
+
+    @return: a dict: first, last (raw (host->guest, guest->host) dicts),
+        results (row name: a list of dicts or failure strings),
+        forwards (the daemon's view at the end), work, agentLog, daemonLog.
+    """
     simArgs = ["--mode", args.mode]
     work = tempfile.mkdtemp(prefix="pfwd-")
     procs, raw, spies = [], None, []
@@ -594,6 +607,15 @@ def main(argv=None):
         stopAll(procs)
         if raw is not None:
             raw.stop()
+    return {"first": first, "last": last, "results": results, "forwards": forwards, "work": work,
+            "agentLog": agentLog, "daemonLog": daemonLog, "profDir": profDir}
+
+
+def main(argv=None):
+    args, only = parseArgs(argv)
+    m = measureAll(args, only)
+    first, last, results, forwards = m["first"], m["last"], m["results"], m["forwards"]
+    work, agentLog, daemonLog, profDir = m["work"], m["agentLog"], m["daemonLog"], m["profDir"]
     _report(args, first, last, results, forwards)
     if args.profile:
         for name in ("daemon", "guest"):
