@@ -28,6 +28,7 @@ changes it.
 
 from __future__ import annotations
 
+import _signal
 import fcntl
 import os
 import signal
@@ -45,6 +46,69 @@ _log = Logger()
 #: The child's file descriptors: stdin is written by us, stdout and stderr
 #: are read by us.  No other descriptor is inherited.
 STDIO_CHILD_FDS: Dict[int, str] = {0: "w", 1: "r", 2: "r"}
+
+#: Every signal, as plain ints, computed once: what is blocked across a
+#: spawn.  (C{_signal}'s functions take and return ints; C{signal}'s
+#: wrappers convert each of them to and from an enum, about 180 conversions
+#: a spawn.)
+ALL_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
+
+#: The signals a posix_spawn child has set to their default disposition:
+#: all of them but the two that cannot be caught (FreeBSD's posix_spawn
+#: fails on those).  Caught signals are reset by the exec anyway, so this
+#: resets exactly the ignored ones (Python ignores SIGPIPE), whatever the
+#: agent ignores at the time, without scanning the 64 dispositions a spawn.
+CHILD_DEFAULT_SIGNALS = tuple(
+    sorted(ALL_SIGNALS - {int(signal.SIGKILL), int(signal.SIGSTOP)})
+)
+
+
+class _Descriptors:
+    """
+    The agent's descriptors as a posix_spawn child would inherit them.
+
+    Python creates every descriptor non-inheritable (close-on-exec, PEP
+    446), and so do Twisted and the agent; only those the agent inherited
+    when it started may be inheritable.  L{closeOnExecAll} makes those
+    close-on-exec once, at the first spawn; after that a spawn needs the
+    state of the child's own descriptors only (L{state}), not a scan of
+    every open descriptor (a directory listing and one C{fcntl} each, per
+    spawn).
+    """
+
+    scanned = False
+
+    def closeOnExecAll(self) -> None:
+        """
+        Make every open descriptor above 2 close-on-exec (once).
+        """
+        if self.scanned:
+            return
+        for fd in _twistedProcess._listOpenFDs():
+            if fd > 2:
+                try:
+                    os.set_inheritable(fd, False)
+                except OSError:
+                    pass
+        self.scanned = True
+
+    def state(self, fds: Any) -> List[Any]:
+        """
+        (fd, close-on-exec) for C{fds} that are open, as Twisted's
+        C{_getFileActions} wants them.
+        """
+        self.closeOnExecAll()
+        fdState = []
+        for fd in fds:
+            try:
+                fdState.append((fd, fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+            except OSError:
+                pass
+        return fdState
+
+
+#: The one L{_Descriptors} of the agent.
+descriptors = _Descriptors()
 
 
 class IProcessGroup(IProcessTransport):
@@ -68,6 +132,9 @@ class IProcessTree(IProcessGroup):
     pgid = Attribute("The child's process group id (kept after the child is reaped), or None.")
     startTime = Attribute("When the child started, in seconds since boot, or None.")
     pipeInodes = Attribute("(device, inode) of the child's stdio pipes (Linux), or ().")
+    spawnMethod = Attribute(
+        'Which of Twisted\'s paths created the child: "posix_spawn" or "fork" (about 5x slower).'
+    )
 
     def signalTree(signalNumber):
         """
@@ -131,21 +198,11 @@ class ProcessGroupProcess(_twistedProcess.Process):
         ):
             return False
         fdmap = kwargs.get("fdmap")
-        fdState = []
-        for eachFD in _twistedProcess._listOpenFDs():
-            try:
-                isCloseOnExec = fcntl.fcntl(eachFD, fcntl.F_GETFD, fcntl.FD_CLOEXEC)
-            except OSError:
-                pass
-            else:
-                fdState.append((eachFD, isCloseOnExec))
+        # The child's descriptors (0, 1, 2 and the pipes mapped onto them);
+        # every other one is close-on-exec (see _Descriptors).
+        fdState = descriptors.state(sorted(set(fdmap) | set(fdmap.values()) | {0, 1, 2}))
         if environment is None:
             environment = os.environ
-        setSigDef = [
-            everySignal
-            for everySignal in range(1, signal.NSIG)
-            if signal.getsignal(everySignal) == signal.SIG_IGN
-        ]
         self.pid = os.posix_spawnp(
             executable,
             args,
@@ -156,7 +213,7 @@ class ProcessGroupProcess(_twistedProcess.Process):
                 doClose=_twistedProcess._PS_CLOSE,
                 doDup2=_twistedProcess._PS_DUP2,
             ),
-            setsigdef=setSigDef,
+            setsigdef=CHILD_DEFAULT_SIGNALS,
             setsigmask=self._childSignalMask,
             setpgroup=0,
         )
@@ -176,11 +233,11 @@ class ProcessGroupProcess(_twistedProcess.Process):
         the defaults are in place, then acts (TERM kills the child).
         """
         os.setpgid(0, 0)
-        for signalNumber in signal.valid_signals():
-            handler = signal.getsignal(signalNumber)
+        for signalNumber in ALL_SIGNALS:
+            handler = _signal.getsignal(signalNumber)
             if callable(handler):
-                signal.signal(signalNumber, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._childSignalMask)
+                _signal.signal(signalNumber, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, self._childSignalMask)
         super()._setupChild(*args, **kwargs)
 
     def _fork(self, path, uid, gid, executable, args, environment, **kwargs):
@@ -189,13 +246,11 @@ class ProcessGroupProcess(_twistedProcess.Process):
         this thread, then make sure the group exists before anyone may
         signal it.  The child gets the signal mask we had before.
         """
-        self._childSignalMask = signal.pthread_sigmask(
-            signal.SIG_BLOCK, signal.valid_signals()
-        )
+        self._childSignalMask = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
         try:
             super()._fork(path, uid, gid, executable, args, environment, **kwargs)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._childSignalMask)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, self._childSignalMask)
         if self.spawnMethod is None:
             self.spawnMethod = "fork"
             try:

@@ -91,10 +91,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from prokshy import _machines
 from prokshy._version import __version__
 from prokshy._loglimit import LogLimiter
 from prokshy.guest.proctable import systemUptime
-from prokshy.execs.interfaces import ICommandSink
+from prokshy.execs.interfaces import ICommandSink, ISpawnCounts
 from prokshy.execs.refusals import BUSY, INTERNAL_ERROR, CommandRefused
 from prokshy.execs.status import ExitStatus
 from prokshy.forward.guestside import KINDS as FORWARD_KINDS
@@ -174,6 +175,7 @@ class Slots:
         self.semaphore.release()
 
 
+@_machines.fast
 @implementer(ICommandSink, IStreamProtocol, ISignalStreamProtocol)
 class ExecStreamProtocol(Protocol):
     """
@@ -542,7 +544,7 @@ class GuestStreams:
         The agent's version, features, OS and uptime.
         """
         uname = platform.uname()
-        return {
+        info = {
             "agent": "prokshy",
             "version": __version__,
             "protocol": list(PROTOCOL_VERSIONS),
@@ -559,6 +561,9 @@ class GuestStreams:
             "max_concurrency": self.slots.maxConcurrency,
             "max_queue": self.slots.maxQueue,
         }
+        if ISpawnCounts.providedBy(self.runner):
+            info["spawns"] = dict(self.runner.spawns)
+        return info
 
     def helloFields(self):
         """

@@ -138,6 +138,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from prokshy import _machines
 from prokshy.execs.interfaces import IExecution, IOutputFinished
 from prokshy.execs.status import ExitStatus
 from prokshy.guest._process import IProcessGroup, IProcessTree
@@ -183,6 +184,7 @@ class _ExecutionProtocol(ProcessProtocol):
         self._execution.ended(reason)
 
 
+@_machines.fast
 @implementer(IExecution)
 class Execution:
     """
@@ -496,6 +498,7 @@ class Execution:
             elapsed=self.elapsed,
             nbytes=self.outputBytes,
             exitStatus=status,
+            pid=self.pid,
         )
         self.done.callback(status)
 
