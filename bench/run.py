@@ -93,17 +93,17 @@ class Row:
 
 
 ROWS = [
-    Row("exec-api-spawn", "exec p50, API straight to the simulator", "exec", "api_p50_ms", "ms",
+    Row("exec-api-spawn", "exec p50, API straight to the simulator, vs spawn", "exec", "api_p50_ms", "ms",
         "spawn_p50_ms", "local Twisted spawnProcess", ("ratio<=", 1.3), "<= 1.3x local spawn"),
-    Row("exec-api-qga", "exec p50, API straight to the simulator", "exec", "api_p50_ms", "ms",
+    Row("exec-api-qga", "exec p50, API straight to the simulator, vs qemu-ga", "exec", "api_p50_ms", "ms",
         "qga_p50_ms", "qemu-ga exec + status", ("ratio<", 1.0), "below qemu-ga"),
-    Row("exec-daemon", "exec p50 through the daemon (unix listener)", "exec", "daemon_unix_p50_ms", "ms",
+    Row("exec-daemon", "exec p50 through the daemon (unix), vs spawn", "exec", "daemon_unix_p50_ms", "ms",
         "spawn_p50_ms", "local Twisted spawnProcess", ("ratio<=", 1.6), "<= 1.6x local spawn"),
-    Row("exec-daemon-tcp", "exec p50 through the daemon's TCP listener", "exec", "daemon_tcp_p50_ms", "ms",
+    Row("exec-daemon-tcp", "exec p50 through the daemon's TCP listener, vs unix", "exec", "daemon_tcp_p50_ms", "ms",
         "daemon_unix_p50_ms", "the daemon's unix listener", ("ratio<=", 1.1), "within 10% of unix"),
-    Row("rate-qga", "execs/s, 16 in flight, guest defaults", "exec", "api_rate", "/s",
+    Row("rate-qga", "execs/s, 16 in flight, guest defaults, vs qemu-ga", "exec", "api_rate", "/s",
         "qga_rate", "qemu-ga, 16 in flight", ("ratio>=", 1.3), ">= 1.3x qemu-ga"),
-    Row("rate-spawn", "execs/s, 16 in flight, guest defaults", "exec", "api_rate", "/s",
+    Row("rate-spawn", "execs/s, 16 in flight, guest defaults, vs spawn", "exec", "api_rate", "/s",
         "spawn_rate", "local spawn ceiling, 16 in flight", ("ratio>=", 0.8), ">= 80% of local spawn"),
     Row("stream-qemu-g2h", "one stream guest->host, qemu mode", "streams", "qemu_g2h_MBps", "MB/s",
         "qemu_g2h_raw_MBps", "raw channel, same path", ("ratio>=", 0.6), ">= 60% of raw"),
@@ -481,6 +481,10 @@ def gitCommit():
 
 # The chart.
 
+#: The chart's smallest ratio: smaller ones (an idle CPU of 0 %) are drawn there.
+FLOOR = 0.01
+
+
 def chart(results, path, title):
     """
     One PNG: a horizontal bar per row, its ratio (for a target on the value
@@ -515,8 +519,8 @@ def chart(results, path, title):
         if not s:
             continue
         mid, a, b = s["median"] / scale, s["min"] / scale, s["max"] / scale
-        mid, a, b = (max(v, 1e-3) for v in (mid, a, b))
-        lo, hi = min(lo, a / 1.5), max(hi, b * 1.5)
+        mid, a, b = (max(v, FLOOR) for v in (mid, a, b))
+        lo, hi = max(FLOOR, min(lo, a / 1.5)), max(hi, b * 1.5)
         ax.barh(y, mid, color=colours.get(r["status"], "#7f8c8d"), height=0.6,
                 xerr=[[mid - a], [b - mid]], capsize=2, ecolor="#333")
         if mark:
@@ -543,6 +547,29 @@ def chart(results, path, title):
 
 # The run.
 
+def chartTitle(report):
+    info, git = report["machine"], report["git"]
+    return "prokshy bench %s, commit %s, %d CPUs (%s), %s" % (
+        report["timestamp"], (git["commit"] or "?")[:10], info["cpus"], info.get("cpu_model", "?"),
+        "--quick" if report["quick"] else "%d repeats" % (report["repeat"],))
+
+
+def replot(path, markdown=False):
+    """
+    Print the table of the run saved in C{path} and draw its chart beside
+    it (same name, .png).
+    """
+    with open(path) as f:
+        report = json.load(f)
+    print(table(report["rows"]))
+    if markdown:
+        print("\n" + markdownTable(report["rows"]))
+    png = os.path.splitext(path)[0] + ".png"
+    why = chart(report["rows"], png, chartTitle(report))
+    print("chart: %s" % (png if why is None else "skipped: " + why))
+    return 0
+
+
 def parseArgs(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -557,6 +584,9 @@ def parseArgs(argv):
                         help="groups to run, comma-separated (default all: %(default)s)")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install qemu-guest-agent")
     parser.add_argument("--no-chart", action="store_true", help="no PNG")
+    parser.add_argument("--replot", metavar="JSON",
+                        help="measure nothing: print the table of a saved run and draw its chart (beside it)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -586,6 +616,8 @@ def main(argv=None):
             json.dump(result, f)
         return 0
 
+    if args.replot:
+        return replot(args.replot, args.markdown)
     started = time.monotonic()
     stamp = datetime.datetime.now(datetime.timezone.utc)
     git, info = gitCommit(), machine()
@@ -628,10 +660,7 @@ def main(argv=None):
         "quick": args.quick, "repeat": args.repeat, "seconds": time.monotonic() - started,
         "rows": results, "groups": groups,
     }
-    chartNote = "not drawn (--no-chart)" if args.no_chart else chart(
-        results, pngPath, "prokshy bench %s, commit %s, %d CPUs (%s), %s" % (
-            report["timestamp"], (git["commit"] or "?")[:10], info["cpus"], info.get("cpu_model", "?"),
-            "--quick" if args.quick else "%d repeats" % (args.repeat,)))
+    chartNote = "not drawn (--no-chart)" if args.no_chart else chart(results, pngPath, chartTitle(report))
     report["chart"] = None if chartNote else os.path.relpath(pngPath, ROOT)
     if chartNote:
         report["chart_skipped"] = chartNote
@@ -652,6 +681,8 @@ def main(argv=None):
               info["loadavg_start"][0], info["loadavg_end"][0]))
     print("values and baselines: median [min–max] of %d repeat(s), each baseline measured interleaved with "
           "its row; ratio: value / baseline per repeat" % (args.repeat,))
+    if args.markdown:
+        print(markdownTable(results) + "\n")
     print("results: %s" % (os.path.relpath(jsonPath),))
     print("chart: %s" % (os.path.relpath(pngPath) if not chartNote else "skipped: " + chartNote))
     if failed:
