@@ -109,7 +109,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from prokshy.transport._base import DeviceAddress, LossCallbacks, discardWriteBuffer
+from prokshy.transport._base import READ_SIZE, DeviceAddress, LossCallbacks, discardWriteBuffer, readBatch
 from prokshy.transport.interfaces import IDeviceTransport, IHostPresence
 from prokshy.transport.tty import RawSerial, SerialTransport, makeRaw, openSerial
 
@@ -176,11 +176,12 @@ class DeviceTransport(LossCallbacks, abstract.FileDescriptor):
 
     @ivar path: the device path, for L{DeviceAddress} and the log.
     @ivar clock: the L{IReactorTime} used for the probe timer.
-    @ivar readSize: the most bytes read at once (virtio gives 4 KiB per
-        read; very large reads are slow in Python).
+    @ivar readSize: the most bytes one C{read()} asks for (virtio gives
+        4 KiB per read; very large reads are slow in Python).  Consecutive
+        reads are gathered (L{readBatch}) before the protocol sees them.
     """
 
-    readSize = 64 * 1024
+    readSize = READ_SIZE
     awayInitialDelay = 0.05
     awayMaxDelay = 1.0
 
@@ -520,20 +521,18 @@ class DeviceTransport(LossCallbacks, abstract.FileDescriptor):
         return self.hostQueried()
 
     def doRead(self):
-        try:
-            data = self._read(self._fd, self.readSize)
-        except OSError as e:
-            if e.errno in _RETRY_ERRNOS:
-                return None
-            self.endDecided()
-            return self._fatal(e)
-        if not data:
-            if self._pollHostState() == _GONE:
-                self.endDecided()
-                return self._hungUp()
-            self.hostLeft()
+        data, end = readBatch(self._fd, self._read, self.readSize)
+        if data:
+            self.protocol.dataReceived(data)
+        if end is None:
             return None
-        self.protocol.dataReceived(data)
+        if isinstance(end, OSError):
+            self.endDecided()
+            return self._fatal(end)
+        if self._pollHostState() == _GONE:
+            self.endDecided()
+            return self._hungUp()
+        self.hostLeft()
         return None
 
     def writeSomeData(self, data):

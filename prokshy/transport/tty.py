@@ -20,11 +20,12 @@ import serial
 from serial import EIGHTBITS, PARITY_NONE, STOPBITS_ONE
 from zope.interface import implementer
 
+from twisted.internet import main
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.serialport import SerialPort
 from twisted.python.failure import Failure
 
-from prokshy.transport._base import DeviceAddress, LossCallbacks, discardWriteBuffer
+from prokshy.transport._base import DeviceAddress, LossCallbacks, discardWriteBuffer, readBatch
 from prokshy.transport.interfaces import IDeviceTransport
 
 __all__ = ["RawSerial", "SerialTransport", "makeRaw", "openSerial"]
@@ -149,6 +150,18 @@ class SerialTransport(LossCallbacks, SerialPort):
             else:
                 self.connectionLost(Failure())
             raise
+
+    def doRead(self):
+        """
+        Read what the tty has now, in one batch (L{readBatch}): a tty hands
+        over about 4 KiB per read.
+        """
+        data, end = readBatch(self.fileno())
+        if data:
+            self.protocol.dataReceived(data)
+        if end is None or not self.connected or self.disconnecting:
+            return None
+        return main.CONNECTION_DONE if end == b"" else main.CONNECTION_LOST
 
     def _serialFactory(self, *args: Any, **kwargs: Any) -> serial.Serial:
         # SerialPort.__init__ asks for a new pyserial object; hand over ours.

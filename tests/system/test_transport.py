@@ -19,6 +19,7 @@ import serial
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.error import ConnectionDone, NoProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -289,6 +290,32 @@ class TTYTests(PtyMixin, TestCase):
 
         yield waitFor(gotAll)
         self.assertEqual(bytes(received), ALL_BYTES)
+
+    @inlineCallbacks
+    def test_readsBatched(self):
+        """
+        What the tty holds is handed to the protocol in one C{dataReceived},
+        though a tty gives at most 4 KiB per read: the per-chunk work of the
+        protocol is paid once per batch.
+        """
+        master, slave, path = self.openPty()
+        protocol = yield self.connect(path)
+        transport = protocol.transport
+        transport.stopReading()
+        chunks = []
+        protocol.dataReceived = chunks.append
+        payload = bytes(range(256)) * 80  # 20 KiB
+        written = 0
+        for _ in range(200):
+            if sum(map(len, chunks)) >= len(payload):
+                break
+            if written < len(payload):
+                written += os.write(master, payload[written:])
+            # Let the pty move its buffer into the line discipline.
+            yield deferLater(reactor, 0.02, lambda: None)
+            self.assertIsNone(transport.doRead())
+        self.assertEqual(b"".join(chunks), payload)
+        self.assertGreater(max(map(len, chunks)), 4096)
 
     @inlineCallbacks
     def test_discardBuffered(self):
