@@ -40,7 +40,7 @@ from prokshy.link.reliable import Receiver, Sender, decodeSack, encodeOutgoing, 
 from prokshy.wire import frames
 
 #: The payload size a session starts with (or the peer's limit, if lower).
-INITIAL_PAYLOAD = 1024
+INITIAL_PAYLOAD = 4096
 #: Before any RTT sample.
 INITIAL_RTO = 0.5
 
