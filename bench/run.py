@@ -528,7 +528,7 @@ def chart(results, path, title):
         text = "%s%s" % (fmt(s["median"]), "x" if not kind.startswith("value") else " " + r["unit"])
         ax.text(b * 1.08, y, "%s  (target %s)" % (text, r["target"]["text"]), va="center", fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlim(lo, hi * 6)
+    ax.set_xlim(lo / 2, hi * 6)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(labels, fontsize=8)
     ax.axvline(1.0, color="#bbb", linewidth=0.8, zorder=0)
