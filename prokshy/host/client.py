@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from prokshy._nodelay import noDelay
 from prokshy.execs.status import ExitStatus
 from prokshy.link.session import Link, LinkConfig, SessionEnded
 from prokshy.streams.interfaces import IExecStreamProtocol
@@ -275,6 +276,7 @@ class HostProtocol(Protocol):
         self.mux.whenRefused(self._refused)
 
     def connectionMade(self):
+        noDelay(self.transport)
         self.link = Link(self.clock, self.transport.write, "host", self.mux, self.config)
         # Frames wait in the link while the channel's buffer is full (see
         # prokshy.guest.agent): control frames are not stuck behind data.

@@ -18,6 +18,7 @@ from prokshy._nodelay import noDelay
 from prokshy.cli.fallback import AutoChannel
 from prokshy.cli.options import parseArgs
 from prokshy.host.policy import listenerPolicy
+from prokshy.host.client import HostProtocol
 from prokshy.host.server import ClientFactory, Daemon
 from tests.harness import waitFor
 
@@ -100,3 +101,22 @@ class CLIConnectTests(TestCase):
         yield waitFor(lambda: made, "the server's side", timeout=10)
         # Nagle is a sender's choice: the server here set nothing.
         self.assertFalse(_noDelay(made[0]))
+
+
+class APIConnectTests(TestCase):
+    @inlineCallbacks
+    def test_connectSessionTcp(self):
+        """
+        The host API's connection (L{connectSession} over a TCP endpoint,
+        to a daemon or a VM's TCP console) has TCP_NODELAY.
+        """
+        made = []
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: _Recorder(made))
+        )
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        proto = yield endpoint.connect(Factory.forProtocol(lambda: HostProtocol(reactor)))
+        self.addCleanup(proto.transport.abortConnection)
+        self.assertTrue(_noDelay(proto.transport))
+        yield waitFor(lambda: made, "the server's side", timeout=10)
