@@ -224,12 +224,22 @@ class VM:
         finally:
             s.close()
 
-    def waitAgent(self, timeout=BOOT_TIMEOUT):
+    def waitAgent(self, timeout=BOOT_TIMEOUT, attempt=20):
         """
-        Wait until the guest agent answers a line-protocol request (the
-        request is held by QEMU until the agent opens the port).
+        Wait until the guest agent answers a line-protocol request. QEMU
+        holds a request until a guest program opens the port, but the
+        guest's driver discards what reached it while the program that had
+        the port open (an agent being stopped, raw.py) was closing it; so
+        the request is sent again every C{attempt} seconds.
         """
-        self.lineRequest(b"ready go\n", b"READY", timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.lineRequest(b"ready go\n", b"READY", min(attempt, max(1, deadline - time.monotonic())))
+                return
+            except RuntimeError:
+                if time.monotonic() >= deadline or not self.alive():
+                    raise
 
     def boot(self, timeout=BOOT_TIMEOUT):
         """
