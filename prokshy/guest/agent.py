@@ -41,8 +41,12 @@ from prokshy.transport.interfaces import IHostPresence
 from prokshy.wire.channel import HelloError, parseHello
 
 #: Bytes in flight toward the guest when its device is a tty: under the
-#: ~23 KB FreeBSD tty input queue, which drops what does not fit.
-TTY_WINDOW = 16 * 1024
+#: FreeBSD tty input queue, which drops what does not fit.  That queue is
+#: min(input speed / 5, 64 KiB) bytes, and for a driver with no C{param}
+#: method of its own, as virtio_console, the speed is clamped to 115200
+#: (C{ttydevsw_defparam}): so 23040 bytes, whatever speed is set.  The window
+#: leaves 2.5 KB of it spare; a sender that keeps to it never overflows it.
+TTY_WINDOW = 20 * 1024
 TTY_PAYLOAD = 4096
 #: Where the channel has backpressure (Linux virtio-ports, QEMU).
 PIPE_WINDOW = 256 * 1024

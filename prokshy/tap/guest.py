@@ -80,7 +80,7 @@ class Options(usage.Options):
          _positive(int, True)],
         ["kill-grace", None, 2.0, "Seconds between SIGTERM and SIGKILL.", _positive(float)],
         ["window", None, 0,
-         "Bytes in flight toward the guest (0: 16384 on a tty, 262144 otherwise).",
+         "Bytes in flight toward the guest (0: 20480 on a tty, 262144 otherwise).",
          _positive(int, True)],
         ["ping-interval", None, 1.0, "Seconds between keepalive pings.", _positive(float)],
         ["dead-after", None, 8.0, "Seconds of silence after which the host is gone.",

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
+from prokshy.guest.agent import TTY_WINDOW
 from tests.harness import PACKAGE_ROOT, Rig, waitFor, withTimeout
 
 MIB = 16
@@ -105,7 +106,7 @@ class LosslessTests(TestCase):
         yield withTimeout(agent.started, 30, "the agent to open its device")
         host = yield rig.connectHost(timeout=20)
         n = MIB * 1024 * 1024
-        self.assertEqual(host.link.info.sendWindow, 16384)
+        self.assertEqual(host.link.info.sendWindow, TTY_WINDOW)
 
         down = yield withTimeout(host.session.exec("zeros", stdin=b"%d" % (n,)), 120, "zeros")
         self.assertEqual(len(down.stdout), n)
