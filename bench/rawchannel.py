@@ -58,10 +58,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench._rig import startSim, stopAll  # noqa: E402
+from prokshy.guest.agent import TTY_WINDOW  # noqa: E402
 
 #: What the guest agent advertises on a tty (prokshy.guest.agent.TTY_WINDOW);
 #: the simulator's guest buffer is 23040 bytes (see the module docstring).
-WINDOW = 16384
+WINDOW = TTY_WINDOW
 
 #: Seconds without progress after which bytes in flight are taken as lost.
 STALL = 2.0
