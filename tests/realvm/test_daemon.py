@@ -196,23 +196,32 @@ class RealVMDaemonTests(unittest.TestCase):
         """
         self.assertForwardIntact()
 
+    def agentRestart(self, how):
+        boot, pid = self.rig.whoami()
+        exited = self.rig.vm.countInConsole("INIT: agent exited")
+        p = self.rig.cli("--command", "vmctl", "--from-string", how)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.rig.vm.waitConsole("INIT: agent exited", exited + 1, timeout=60)
+        seconds = self.rig.waitServing()
+        report("REALVM daemon serving again after an agent %s: %.1f s" % (how, seconds))
+        newBoot, newPid = self.rig.whoami()
+        self.assertEqual(newBoot, boot)
+        self.assertNotEqual(newPid, pid)
+        self.assertForwardIntact()
+
     def test_3_agentRestart(self):
         """
         The guest agent is stopped (SIGTERM) and /init starts it again: the
         daemon gets a new session with it by itself, and the forward works
         again.
         """
-        boot, pid = self.rig.whoami()
-        p = self.rig.cli("--command", "vmctl", "--from-string", "restart")
-        self.assertEqual(p.returncode, 0, p.stderr)
-        self.rig.vm.waitConsole("INIT: agent exited", 1 + self.rig.vm.countInConsole("INIT: agent exited"),
-                                timeout=60)
-        seconds = self.rig.waitServing()
-        report("REALVM daemon serving again after an agent restart: %.1f s" % (seconds,))
-        newBoot, newPid = self.rig.whoami()
-        self.assertEqual(newBoot, boot)
-        self.assertNotEqual(newPid, pid)
-        self.assertForwardIntact()
+        self.agentRestart("restart")
+
+    def test_3_agentKilled(self):
+        """
+        The same with the agent killed (SIGKILL): no goodbye, no cleanup.
+        """
+        self.agentRestart("kill")
 
     def test_4_reboot(self):
         """

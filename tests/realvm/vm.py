@@ -64,12 +64,13 @@ def tool(info, name):
 
 
 _running = set()
+_made = set()
 
 
 @atexit.register
 def _stopAll():
-    for vm in list(_running):
-        vm.stop()
+    for vm in list(_made):
+        vm.cleanup()
 
 
 class VM:
@@ -88,6 +89,7 @@ class VM:
         self.socketPath = socketPath or os.path.join(self.dir, "vm.sock")
         self.consolePath = os.path.join(self.dir, "console.log")
         self.process = None
+        _made.add(self)
 
     def command(self):
         accel = self.info.get("accel", "tcg")
@@ -147,6 +149,7 @@ class VM:
     def cleanup(self):
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        _made.discard(self)
 
     def console(self):
         try:
