@@ -36,6 +36,7 @@ from prokshy.execs.names import NAME_CHARS
 from prokshy.execs.refusals import CommandRefused
 from prokshy.link.session import MIN_PAYLOAD, MIN_WINDOW, Link, LinkConfig
 from prokshy.streams.mux import Mux
+from prokshy.streams.stream import EARLY_DATA
 from prokshy.streams.throttle import Throttle
 from prokshy.transport.interfaces import IHostPresence
 from prokshy.wire.channel import HelloError, parseHello
@@ -118,12 +119,12 @@ class GuestProtocol(GuestLineProtocol):
             pingInterval=self.pingInterval,
             deadAfter=self.deadAfter,
             quietPings=QUIET_PINGS,
-            extra=self.streams.helloFields(),
+            extra=dict(self.streams.helloFields(), **{EARLY_DATA: self.streams.earlyData}),
         )
 
     def _ensureLink(self):
         if self.link is None:
-            self.mux = Mux("guest")
+            self.mux = Mux("guest", earlyData=self.streams.earlyData)
             self.mux.openHandler = self.streams.forSession(self.mux)
             self.mux.whenDown(self._sessionDown)
             self.mux.whenUp(self._sessionUp)

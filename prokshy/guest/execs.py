@@ -24,9 +24,12 @@ L{GuestStreams.helloFields}).
 An L{ExecStreamProtocol} is an Automat state machine.  States: C{waiting}
 (for a slot; the stream paused, stdin and signals held; a terminating
 signal ends it with an EXIT as if killed, without running), C{starting}
-(the runner is starting it), C{running}, C{abandoned} (the stream ended:
+(the runner is starting it: the stream was accepted, and its ACCEPT
+queued, just before), C{running}, C{abandoned} (the stream ended:
 the command is cancelled, and its end gives the slot back) and C{closed}.
 It has no timers (the execution's are in L{prokshy.guest.execution}).
+Stdin and EOF sent as early data with the OPEN (docs/protocol.md section
+9.2) are held like any stdin that comes before the command runs.
 Every (state, input) pair is declared; an empty output list is a deliberate
 "nothing to do" (the stream or the command is gone, or the input cannot
 come in that state)::
@@ -102,7 +105,7 @@ from prokshy.forward.guestside import KINDS as FORWARD_KINDS
 from prokshy.guest.execution import signalNumber
 from prokshy.link.session import PROTOCOL_VERSIONS
 from prokshy.streams.interfaces import ISignalStreamProtocol, IStreamProtocol
-from prokshy.streams.stream import StreamRefused
+from prokshy.streams.stream import EARLY_WINDOW, StreamRefused
 from prokshy.streams.throttle import Throttle
 from prokshy.wire import frames
 
@@ -486,6 +489,10 @@ class GuestStreams:
         #: and C{listen}, or None (this agent then refuses them).
         self.forwards = forwards
         self.slots = Slots(maxConcurrency, maxQueue)
+        #: The early data the streams the host opens may carry behind their
+        #: OPEN (docs/protocol.md section 9.2): the agent's Mux holds it,
+        #: and its hello says so (C{early_data}).
+        self.earlyData = EARLY_WINDOW
         self.startedAt = time.time() if startedAt is None else startedAt
         clock = getattr(runner, "reactor", None)
         if clock is None:

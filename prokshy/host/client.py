@@ -132,6 +132,15 @@ class RunningExec:
         self.stream.abort("cancelled", "cancelled by the client")
 
 
+def _execArgs(name, timeout, vm):
+    args = {"name": name}
+    if timeout is not None:
+        args["timeout"] = timeout
+    if vm is not None:
+        args["vm"] = vm
+    return args
+
+
 class Session:
     """
     Runs commands over one session.
@@ -153,13 +162,8 @@ class Session:
         @return: a Deferred firing with a L{RunningExec} once the guest has
             accepted, or failing with L{prokshy.streams.stream.StreamRefused}.
         """
-        args = {"name": name}
-        if timeout is not None:
-            args["timeout"] = timeout
-        if vm is not None:
-            args["vm"] = vm
         client = _ExecClient(onStdout, onStderr)
-        d = self.mux.openStream("exec", args, client)
+        d = self.mux.openStream("exec", _execArgs(name, timeout, vm), client)
         d.addCallback(lambda stream: RunningExec(stream, client))
         return d
 
@@ -172,11 +176,11 @@ class Session:
         @return: a Deferred firing with an L{ExecResult}.
         """
         out, err = [], []
-        running = yield self.execStream(name, out.append, err.append, timeout=timeout, vm=vm)
-        if stdin:
-            running.write(stdin)
-        running.closeStdin()
-        result = yield running.result
+        client = _ExecClient(out.append, err.append)
+        # OPEN, stdin and EOF in one go: to a peer that takes early data
+        # (docs/protocol.md section 9.2) without waiting for the ACCEPT.
+        yield self.mux.openStream("exec", _execArgs(name, timeout, vm), client, data=stdin, eof=True)
+        result = yield client.result
         return attrs.evolve(result, stdout=b"".join(out), stderr=b"".join(err))
 
     def info(self, vm=None):

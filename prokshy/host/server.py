@@ -54,6 +54,7 @@ from prokshy.host.vm import VMUnavailable
 from prokshy.link.interfaces import ILinkAuthorizer
 from prokshy.link.session import Link, LinkConfig
 from prokshy.streams.mux import Mux
+from prokshy.streams.stream import EARLY_DATA, EARLY_WINDOW
 from prokshy.streams.throttle import Throttle
 from prokshy.streams.stream import StreamRefused
 
@@ -81,7 +82,7 @@ class FramedClient(Protocol):
     def __init__(self, daemon, policy, onSession=None):
         self.daemon = daemon
         self.policy = policy
-        self.mux = Mux("guest", openHandler=self._open, window=CLIENT_WINDOW)
+        self.mux = Mux("guest", openHandler=self._open, window=CLIENT_WINDOW, earlyData=EARLY_WINDOW)
         self.mux.whenDown(self._down)
         if onSession is not None:
             self.mux.whenUp(lambda info: onSession())
@@ -115,7 +116,7 @@ class FramedClient(Protocol):
                 return "authentication required"
         config = self.link.config
         config.features = FEATURES
-        config.extra = {"server": "prokshy-host"}
+        config.extra = {"server": "prokshy-host", EARLY_DATA: EARLY_WINDOW}
         names = list(self.daemon.names)
         if len(json.dumps(names)) <= HELLO_VMS_BUDGET:
             # Only while the list leaves the hello line room for the rest

@@ -61,6 +61,23 @@ class IOwnedStream(Interface):
         peer's C{window} as our first credit, and connect the protocol.
         """
 
+    earlyEof = Attribute(
+        "The opener's side: whether its EOF went (or waits) with its early data (L{sendEarly})."
+    )
+
+    def acceptAfterEof(protocol, window):
+        """
+        As L{accept}, for an opener whose EOF went with its early data: the
+        stream is then half-closed on our side.
+        """
+
+    def sendEarly(data, eof, allowance):
+        """
+        The opener, right after its OPEN: send up to C{allowance} bytes of
+        C{data} (and then EOF if C{eof}) before the answer
+        (docs/protocol.md section 9.2); queue the rest for the ACCEPT.
+        """
+
     def frameReceived(frame):
         """
         A frame of this stream arrived from the peer.

@@ -20,6 +20,8 @@ from prokshy.link.session import NotConnected, SessionEnded
 from prokshy.streams.credit import MAX_CREDIT
 from prokshy.streams.interfaces import IStreamOwner
 from prokshy.streams.stream import (
+    EARLY_DATA,
+    EARLY_WINDOW,
     Stream,
     StreamError,
     StreamRefused,
@@ -30,6 +32,8 @@ from prokshy.streams.stream import (
 from prokshy.wire import frames
 
 DEFAULT_WINDOW = 256 * 1024
+#: Refused ids remembered for their early data (bounded).
+_REMEMBER_REFUSED = 64
 #: The largest stream id (the frame header's 32 bits); ids are never reused
 #: within a session.
 MAX_STREAM_ID = 0xFFFFFFFF
@@ -47,12 +51,17 @@ class Mux:
         refuses every open.
     @param window: the receive window granted to each stream.
     @param maxStreams: streams open at once, beyond which opens are refused.
+    @param earlyData: the early data this side's hello allows (its
+        C{early_data}, bytes; 0: none): the streams the peer opens hold up
+        to that much of the data sent behind their OPEN (docs/protocol.md
+        section 9.2) instead of ignoring it.
     """
 
     log = Logger()
 
-    def __init__(self, role, openHandler=None, window=DEFAULT_WINDOW, maxStreams=1024):
+    def __init__(self, role, openHandler=None, window=DEFAULT_WINDOW, maxStreams=1024, earlyData=0):
         self.role = role
+        self.earlyData = earlyData
         self.openHandler = openHandler
         self.window = window
         self.maxStreams = maxStreams
@@ -64,6 +73,10 @@ class Mux:
         self._blocked = {}
         #: Remote opens whose handler answered with a Deferred: stream -> it.
         self._accepting = {}
+        #: The last ids we refused while taking early data: the early DATA
+        #: that follows their OPEN is dropped quietly, not answered with
+        #: RESET unknown-stream (section 9.2).
+        self._refused = {}
         self._upObservers = []
         self._downObservers = []
         self._refusedObservers = []
@@ -109,6 +122,7 @@ class Mux:
     def linkUp(self, link, info):
         self.link = link
         self.info = info
+        self._refused.clear()
         self._nextId = 1 if self.role == "host" else 2
         for cb in list(self._upObservers):
             cb(info)
@@ -150,6 +164,8 @@ class Mux:
             return
         stream = self.streams.get(sid)
         if stream is None:
+            if ftype == frames.DATA and sid in self._refused:
+                return  # early data of an open we refused: discarded
             if ftype not in (frames.RESET, frames.CLOSE, frames.WINDOW, frames.EOF):
                 self.send(frames.RESET, sid, encodeJSON({"code": "unknown-stream", "message": ""}))
             return
@@ -157,7 +173,21 @@ class Mux:
 
     # -- opening ----------------------------------------------------------
 
-    def openStream(self, kind, args, protocol):
+    @property
+    def peerEarlyData(self):
+        """
+        How many bytes of early data this side sends behind an OPEN: what
+        the peer's hello's C{early_data} allows, at most L{EARLY_WINDOW}
+        (0: none, a peer without the field).
+        """
+        if self.info is None:
+            return 0
+        n = self.info.peerHello.get(EARLY_DATA)
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            return 0
+        return min(n, EARLY_WINDOW)
+
+    def openStream(self, kind, args, protocol, data=b"", eof=False):
         """
         Open a stream to the peer.
 
@@ -165,6 +195,11 @@ class Mux:
         @param args: a JSON-able dict of arguments.
         @param protocol: a L{twisted.internet.protocol.Protocol} bound to the
             stream once it is accepted.
+        @param data: DATA to send on the stream, and C{eof}: then EOF, as
+            if written once it is accepted.  To a peer whose hello has
+            C{early_data}, the first bytes it allows (and the EOF, if all
+            of it fits) go at once, behind the OPEN, without waiting
+            for the answer (docs/protocol.md section 9.2); the rest waits.
         @return: a Deferred firing with the L{Stream}, or failing with
             L{StreamRefused} or L{SessionEnded}.
         """
@@ -185,6 +220,8 @@ class Mux:
         except BaseException:
             del self._pending[sid]  # an OPEN the link would not take
             raise
+        if data or eof:
+            stream.sendEarly(data, eof, self.peerEarlyData)
         return d
 
     def _openAnswered(self, frame):
@@ -199,7 +236,10 @@ class Mux:
             )
             return
         self.streams[stream.id] = stream
-        stream.accept(protocol, _window(obj))
+        if stream.earlyEof:
+            stream.acceptAfterEof(protocol, _window(obj))
+        else:
+            stream.accept(protocol, _window(obj))
         d.callback(stream)
 
     def _remoteOpen(self, frame):
@@ -225,7 +265,7 @@ class Mux:
         if len(self.streams) >= self.maxStreams:
             self._refuse(sid, "too-many-streams", "%d streams open" % (len(self.streams),))
             return
-        stream = Stream(self, sid, kind, args, self.window)
+        stream = Stream(self, sid, kind, args, self.window, self.earlyData)
         if self.openHandler is None:
             self._refuse(sid, "unsupported", "this side opens no streams")
             return
@@ -267,6 +307,11 @@ class Mux:
         return None
 
     def _refuse(self, sid, code, message):
+        if self.earlyData:
+            refused = self._refused
+            refused[sid] = None
+            if len(refused) > _REMEMBER_REFUSED:
+                del refused[next(iter(refused))]
         self.send(frames.REFUSE, sid, encodeJSON({"code": code, "message": message}))
 
     # -- IStreamOwner -------------------------------------------------------

@@ -27,9 +27,15 @@ C{resetArrived}) and, for those held in order, when they are handed to the
 protocol (C{deliverData}, C{deliverEof}, C{deliverExit}, C{deliverClose}).
 States:
 
-  - C{opening}: not accepted yet, no protocol.  Only RESET (and the end of
-    the session) counts from the peer; local writes raise L{StreamError}
-    (C{not-accepted}), as the stream is nobody's transport yet.
+  - C{opening}: not accepted yet, no protocol.  From the peer, RESET (and
+    the end of the session) counts, and, on the acceptor's side, early DATA
+    and EOF (docs/protocol.md section 9.2): held, at most L{EARLY_WINDOW}
+    bytes (beyond, the open is refused C{flow-control}), and handed to the
+    protocol once accepted; local writes raise L{StreamError}
+    (C{not-accepted}), as the stream is nobody's transport yet.  The
+    opener's own early data is sent with L{Stream.sendEarly}; an opener
+    whose early EOF went is accepted into C{halfClosedLocal}
+    (C{acceptAfterEof}).
   - C{open}: data both ways.
   - C{halfClosedLocal}: our EOF is queued: we send no more data (EXIT and
     SIGNAL still go); the peer still may.
@@ -52,197 +58,217 @@ the stream is closed.  There are no timers.  Every (state, input) pair is
 declared; an empty output list ignores the input on purpose (it is
 harmless there, too late, or cannot reach that state)::
 
-    state             input          -> new state         outputs
-    closed            accept         -> closed            _alreadyAccepted
-    closed            creditArrived  -> closed
-    closed            deliverClose   -> closed
-    closed            deliverData    -> closed
-    closed            deliverEof     -> closed
-    closed            deliverExit    -> closed
-    closed            endedQueried   -> closed            _yes
-    closed            frameArrived   -> closed
-    closed            inboxDrained   -> closed
-    closed            localAbort     -> closed
-    closed            localClose     -> closed
-    closed            localControl   -> closed
-    closed            localData      -> closed
-    closed            localEof       -> closed
-    closed            outboxEmptied  -> closed
-    closed            resetArrived   -> closed
-    closed            resumeSending  -> closed
-    closed            sessionEnded   -> closed
-    closed            signalArrived  -> closed
-    closing           accept         -> closing           _alreadyAccepted
-    closing           creditArrived  -> closing           _addCredit
-    closing           deliverClose   -> flushing          _finishIfFlushed
-    closing           deliverData    -> closing           _dataReceived
-    closing           deliverEof     -> closingAfterEof   _eofReceived
-    closing           deliverExit    -> closing           _exitReceived
-    closing           endedQueried   -> closing           _no
-    closing           frameArrived   -> closing           _admit
-    closing           inboxDrained   -> closing           _grant
-    closing           localAbort     -> reset             _sendReset, _reset
-    closing           localClose     -> closing
-    closing           localControl   -> closing
-    closing           localData      -> closing
-    closing           localEof       -> closing
-    closing           outboxEmptied  -> closing
-    closing           resetArrived   -> reset             _reset
-    closing           resumeSending  -> closing           _send
-    closing           sessionEnded   -> reset             _lost
-    closing           signalArrived  -> closing           _signalReceived
-    closingAfterEof   accept         -> closingAfterEof   _alreadyAccepted
-    closingAfterEof   creditArrived  -> closingAfterEof   _addCredit
-    closingAfterEof   deliverClose   -> flushing          _finishIfFlushed
-    closingAfterEof   deliverData    -> reset             _resetDataAfterEof
-    closingAfterEof   deliverEof     -> closingAfterEof
-    closingAfterEof   deliverExit    -> closingAfterEof   _exitReceived
-    closingAfterEof   endedQueried   -> closingAfterEof   _no
-    closingAfterEof   frameArrived   -> closingAfterEof   _admit
-    closingAfterEof   inboxDrained   -> closingAfterEof   _grant
-    closingAfterEof   localAbort     -> reset             _sendReset, _reset
-    closingAfterEof   localClose     -> closingAfterEof
-    closingAfterEof   localControl   -> closingAfterEof
-    closingAfterEof   localData      -> closingAfterEof
-    closingAfterEof   localEof       -> closingAfterEof
-    closingAfterEof   outboxEmptied  -> closingAfterEof
-    closingAfterEof   resetArrived   -> reset             _reset
-    closingAfterEof   resumeSending  -> closingAfterEof   _send
-    closingAfterEof   sessionEnded   -> reset             _lost
-    closingAfterEof   signalArrived  -> closingAfterEof   _signalReceived
-    flushing          accept         -> flushing          _alreadyAccepted
-    flushing          creditArrived  -> flushing          _addCredit, _finishIfFlushed
-    flushing          deliverClose   -> flushing
-    flushing          deliverData    -> flushing
-    flushing          deliverEof     -> flushing
-    flushing          deliverExit    -> flushing
-    flushing          endedQueried   -> flushing          _no
-    flushing          frameArrived   -> flushing
-    flushing          inboxDrained   -> flushing
-    flushing          localAbort     -> reset             _sendReset, _reset
-    flushing          localClose     -> flushing
-    flushing          localControl   -> flushing
-    flushing          localData      -> flushing
-    flushing          localEof       -> flushing
-    flushing          outboxEmptied  -> closed            _closed
-    flushing          resetArrived   -> reset             _reset
-    flushing          resumeSending  -> flushing          _send, _finishIfFlushed
-    flushing          sessionEnded   -> reset             _lost
-    flushing          signalArrived  -> flushing
-    halfClosedBoth    accept         -> halfClosedBoth    _alreadyAccepted
-    halfClosedBoth    creditArrived  -> halfClosedBoth    _addCredit
-    halfClosedBoth    deliverClose   -> closed            _dropUnsent, _sendClose, _closed
-    halfClosedBoth    deliverData    -> reset             _resetDataAfterEof
-    halfClosedBoth    deliverEof     -> halfClosedBoth
-    halfClosedBoth    deliverExit    -> halfClosedBoth    _exitReceived
-    halfClosedBoth    endedQueried   -> halfClosedBoth    _no
-    halfClosedBoth    frameArrived   -> halfClosedBoth    _admit
-    halfClosedBoth    inboxDrained   -> halfClosedBoth    _grant
-    halfClosedBoth    localAbort     -> reset             _sendReset, _reset
-    halfClosedBoth    localClose     -> closingAfterEof   _queueClose, _send
-    halfClosedBoth    localControl   -> halfClosedBoth    _queueControl, _send
-    halfClosedBoth    localData      -> halfClosedBoth
-    halfClosedBoth    localEof       -> halfClosedBoth
-    halfClosedBoth    outboxEmptied  -> halfClosedBoth
-    halfClosedBoth    resetArrived   -> reset             _reset
-    halfClosedBoth    resumeSending  -> halfClosedBoth    _send
-    halfClosedBoth    sessionEnded   -> reset             _lost
-    halfClosedBoth    signalArrived  -> halfClosedBoth    _signalReceived
-    halfClosedLocal   accept         -> halfClosedLocal   _alreadyAccepted
-    halfClosedLocal   creditArrived  -> halfClosedLocal   _addCredit
-    halfClosedLocal   deliverClose   -> closed            _dropUnsent, _sendClose, _closed
-    halfClosedLocal   deliverData    -> halfClosedLocal   _dataReceived
-    halfClosedLocal   deliverEof     -> halfClosedBoth    _eofReceived
-    halfClosedLocal   deliverExit    -> halfClosedLocal   _exitReceived
-    halfClosedLocal   endedQueried   -> halfClosedLocal   _no
-    halfClosedLocal   frameArrived   -> halfClosedLocal   _admit
-    halfClosedLocal   inboxDrained   -> halfClosedLocal   _grant
-    halfClosedLocal   localAbort     -> reset             _sendReset, _reset
-    halfClosedLocal   localClose     -> closing           _queueClose, _send
-    halfClosedLocal   localControl   -> halfClosedLocal   _queueControl, _send
-    halfClosedLocal   localData      -> halfClosedLocal
-    halfClosedLocal   localEof       -> halfClosedLocal
-    halfClosedLocal   outboxEmptied  -> halfClosedLocal
-    halfClosedLocal   resetArrived   -> reset             _reset
-    halfClosedLocal   resumeSending  -> halfClosedLocal   _send
-    halfClosedLocal   sessionEnded   -> reset             _lost
-    halfClosedLocal   signalArrived  -> halfClosedLocal   _signalReceived
-    halfClosedRemote  accept         -> halfClosedRemote  _alreadyAccepted
-    halfClosedRemote  creditArrived  -> halfClosedRemote  _addCredit
-    halfClosedRemote  deliverClose   -> closed            _dropUnsent, _sendEof, _sendClose, _closed
-    halfClosedRemote  deliverData    -> reset             _resetDataAfterEof
-    halfClosedRemote  deliverEof     -> halfClosedRemote
-    halfClosedRemote  deliverExit    -> halfClosedRemote  _exitReceived
-    halfClosedRemote  endedQueried   -> halfClosedRemote  _no
-    halfClosedRemote  frameArrived   -> halfClosedRemote  _admit
-    halfClosedRemote  inboxDrained   -> halfClosedRemote  _grant
-    halfClosedRemote  localAbort     -> reset             _sendReset, _reset
-    halfClosedRemote  localClose     -> closingAfterEof   _queueEof, _queueClose, _send
-    halfClosedRemote  localControl   -> halfClosedRemote  _queueControl, _send
-    halfClosedRemote  localData      -> halfClosedRemote  _queueData, _send
-    halfClosedRemote  localEof       -> halfClosedBoth    _queueEof, _send
-    halfClosedRemote  outboxEmptied  -> halfClosedRemote
-    halfClosedRemote  resetArrived   -> reset             _reset
-    halfClosedRemote  resumeSending  -> halfClosedRemote  _send
-    halfClosedRemote  sessionEnded   -> reset             _lost
-    halfClosedRemote  signalArrived  -> halfClosedRemote  _signalReceived
-    open              accept         -> open              _alreadyAccepted
-    open              creditArrived  -> open              _addCredit
-    open              deliverClose   -> closed            _dropUnsent, _sendEof, _sendClose, _closed
-    open              deliverData    -> open              _dataReceived
-    open              deliverEof     -> halfClosedRemote  _eofReceived
-    open              deliverExit    -> open              _exitReceived
-    open              endedQueried   -> open              _no
-    open              frameArrived   -> open              _admit
-    open              inboxDrained   -> open              _grant
-    open              localAbort     -> reset             _sendReset, _reset
-    open              localClose     -> closing           _queueEof, _queueClose, _send
-    open              localControl   -> open              _queueControl, _send
-    open              localData      -> open              _queueData, _send
-    open              localEof       -> halfClosedLocal   _queueEof, _send
-    open              outboxEmptied  -> open
-    open              resetArrived   -> reset             _reset
-    open              resumeSending  -> open              _send
-    open              sessionEnded   -> reset             _lost
-    open              signalArrived  -> open              _signalReceived
-    opening           accept         -> open              _bind, _takeWindow, _connect
-    opening           creditArrived  -> opening
-    opening           deliverClose   -> opening
-    opening           deliverData    -> opening
-    opening           deliverEof     -> opening
-    opening           deliverExit    -> opening
-    opening           endedQueried   -> opening           _no
-    opening           frameArrived   -> opening
-    opening           inboxDrained   -> opening
-    opening           localAbort     -> reset             _sendReset, _reset
-    opening           localClose     -> opening           _notAccepted
-    opening           localControl   -> opening           _notAccepted
-    opening           localData      -> opening           _notAccepted
-    opening           localEof       -> opening           _notAccepted
-    opening           outboxEmptied  -> opening
-    opening           resetArrived   -> reset             _reset
-    opening           resumeSending  -> opening
-    opening           sessionEnded   -> reset             _lost
-    opening           signalArrived  -> opening
-    reset             accept         -> reset             _alreadyAccepted
-    reset             creditArrived  -> reset
-    reset             deliverClose   -> reset
-    reset             deliverData    -> reset
-    reset             deliverEof     -> reset
-    reset             deliverExit    -> reset
-    reset             endedQueried   -> reset             _yes
-    reset             frameArrived   -> reset
-    reset             inboxDrained   -> reset
-    reset             localAbort     -> reset
-    reset             localClose     -> reset
-    reset             localControl   -> reset
-    reset             localData      -> reset
-    reset             localEof       -> reset
-    reset             outboxEmptied  -> reset
-    reset             resetArrived   -> reset
-    reset             resumeSending  -> reset
-    reset             sessionEnded   -> reset
-    reset             signalArrived  -> reset
+    state             input           -> new state         outputs
+    closed            accept          -> closed            _alreadyAccepted
+    closed            acceptAfterEof  -> closed
+    closed            creditArrived   -> closed
+    closed            deliverClose    -> closed
+    closed            deliverData     -> closed
+    closed            deliverEof      -> closed
+    closed            deliverExit     -> closed
+    closed            earlyOverflow   -> closed
+    closed            endedQueried    -> closed            _yes
+    closed            frameArrived    -> closed
+    closed            inboxDrained    -> closed
+    closed            localAbort      -> closed
+    closed            localClose      -> closed
+    closed            localControl    -> closed
+    closed            localData       -> closed
+    closed            localEof        -> closed
+    closed            outboxEmptied   -> closed
+    closed            resetArrived    -> closed
+    closed            resumeSending   -> closed
+    closed            sessionEnded    -> closed
+    closed            signalArrived   -> closed
+    closing           accept          -> closing           _alreadyAccepted
+    closing           acceptAfterEof  -> closing           _alreadyAccepted
+    closing           creditArrived   -> closing           _addCredit
+    closing           deliverClose    -> flushing          _finishIfFlushed
+    closing           deliverData     -> closing           _dataReceived
+    closing           deliverEof      -> closingAfterEof   _eofReceived
+    closing           deliverExit     -> closing           _exitReceived
+    closing           earlyOverflow   -> closing
+    closing           endedQueried    -> closing           _no
+    closing           frameArrived    -> closing           _admit
+    closing           inboxDrained    -> closing           _grant
+    closing           localAbort      -> reset             _sendReset, _reset
+    closing           localClose      -> closing
+    closing           localControl    -> closing
+    closing           localData       -> closing
+    closing           localEof        -> closing
+    closing           outboxEmptied   -> closing
+    closing           resetArrived    -> reset             _reset
+    closing           resumeSending   -> closing           _send
+    closing           sessionEnded    -> reset             _lost
+    closing           signalArrived   -> closing           _signalReceived
+    closingAfterEof   accept          -> closingAfterEof   _alreadyAccepted
+    closingAfterEof   acceptAfterEof  -> closingAfterEof   _alreadyAccepted
+    closingAfterEof   creditArrived   -> closingAfterEof   _addCredit
+    closingAfterEof   deliverClose    -> flushing          _finishIfFlushed
+    closingAfterEof   deliverData     -> reset             _resetDataAfterEof
+    closingAfterEof   deliverEof      -> closingAfterEof
+    closingAfterEof   deliverExit     -> closingAfterEof   _exitReceived
+    closingAfterEof   earlyOverflow   -> closingAfterEof
+    closingAfterEof   endedQueried    -> closingAfterEof   _no
+    closingAfterEof   frameArrived    -> closingAfterEof   _admit
+    closingAfterEof   inboxDrained    -> closingAfterEof   _grant
+    closingAfterEof   localAbort      -> reset             _sendReset, _reset
+    closingAfterEof   localClose      -> closingAfterEof
+    closingAfterEof   localControl    -> closingAfterEof
+    closingAfterEof   localData       -> closingAfterEof
+    closingAfterEof   localEof        -> closingAfterEof
+    closingAfterEof   outboxEmptied   -> closingAfterEof
+    closingAfterEof   resetArrived    -> reset             _reset
+    closingAfterEof   resumeSending   -> closingAfterEof   _send
+    closingAfterEof   sessionEnded    -> reset             _lost
+    closingAfterEof   signalArrived   -> closingAfterEof   _signalReceived
+    flushing          accept          -> flushing          _alreadyAccepted
+    flushing          acceptAfterEof  -> flushing          _alreadyAccepted
+    flushing          creditArrived   -> flushing          _addCredit, _finishIfFlushed
+    flushing          deliverClose    -> flushing
+    flushing          deliverData     -> flushing
+    flushing          deliverEof      -> flushing
+    flushing          deliverExit     -> flushing
+    flushing          earlyOverflow   -> flushing
+    flushing          endedQueried    -> flushing          _no
+    flushing          frameArrived    -> flushing
+    flushing          inboxDrained    -> flushing
+    flushing          localAbort      -> reset             _sendReset, _reset
+    flushing          localClose      -> flushing
+    flushing          localControl    -> flushing
+    flushing          localData       -> flushing
+    flushing          localEof        -> flushing
+    flushing          outboxEmptied   -> closed            _closed
+    flushing          resetArrived    -> reset             _reset
+    flushing          resumeSending   -> flushing          _send, _finishIfFlushed
+    flushing          sessionEnded    -> reset             _lost
+    flushing          signalArrived   -> flushing
+    halfClosedBoth    accept          -> halfClosedBoth    _alreadyAccepted
+    halfClosedBoth    acceptAfterEof  -> halfClosedBoth    _alreadyAccepted
+    halfClosedBoth    creditArrived   -> halfClosedBoth    _addCredit
+    halfClosedBoth    deliverClose    -> closed            _dropUnsent, _sendClose, _closed
+    halfClosedBoth    deliverData     -> reset             _resetDataAfterEof
+    halfClosedBoth    deliverEof      -> halfClosedBoth
+    halfClosedBoth    deliverExit     -> halfClosedBoth    _exitReceived
+    halfClosedBoth    earlyOverflow   -> halfClosedBoth
+    halfClosedBoth    endedQueried    -> halfClosedBoth    _no
+    halfClosedBoth    frameArrived    -> halfClosedBoth    _admit
+    halfClosedBoth    inboxDrained    -> halfClosedBoth    _grant
+    halfClosedBoth    localAbort      -> reset             _sendReset, _reset
+    halfClosedBoth    localClose      -> closingAfterEof   _queueClose, _send
+    halfClosedBoth    localControl    -> halfClosedBoth    _queueControl, _send
+    halfClosedBoth    localData       -> halfClosedBoth
+    halfClosedBoth    localEof        -> halfClosedBoth
+    halfClosedBoth    outboxEmptied   -> halfClosedBoth
+    halfClosedBoth    resetArrived    -> reset             _reset
+    halfClosedBoth    resumeSending   -> halfClosedBoth    _send
+    halfClosedBoth    sessionEnded    -> reset             _lost
+    halfClosedBoth    signalArrived   -> halfClosedBoth    _signalReceived
+    halfClosedLocal   accept          -> halfClosedLocal   _alreadyAccepted
+    halfClosedLocal   acceptAfterEof  -> halfClosedLocal   _alreadyAccepted
+    halfClosedLocal   creditArrived   -> halfClosedLocal   _addCredit
+    halfClosedLocal   deliverClose    -> closed            _dropUnsent, _sendClose, _closed
+    halfClosedLocal   deliverData     -> halfClosedLocal   _dataReceived
+    halfClosedLocal   deliverEof      -> halfClosedBoth    _eofReceived
+    halfClosedLocal   deliverExit     -> halfClosedLocal   _exitReceived
+    halfClosedLocal   earlyOverflow   -> halfClosedLocal
+    halfClosedLocal   endedQueried    -> halfClosedLocal   _no
+    halfClosedLocal   frameArrived    -> halfClosedLocal   _admit
+    halfClosedLocal   inboxDrained    -> halfClosedLocal   _grant
+    halfClosedLocal   localAbort      -> reset             _sendReset, _reset
+    halfClosedLocal   localClose      -> closing           _queueClose, _send
+    halfClosedLocal   localControl    -> halfClosedLocal   _queueControl, _send
+    halfClosedLocal   localData       -> halfClosedLocal
+    halfClosedLocal   localEof        -> halfClosedLocal
+    halfClosedLocal   outboxEmptied   -> halfClosedLocal
+    halfClosedLocal   resetArrived    -> reset             _reset
+    halfClosedLocal   resumeSending   -> halfClosedLocal   _send
+    halfClosedLocal   sessionEnded    -> reset             _lost
+    halfClosedLocal   signalArrived   -> halfClosedLocal   _signalReceived
+    halfClosedRemote  accept          -> halfClosedRemote  _alreadyAccepted
+    halfClosedRemote  acceptAfterEof  -> halfClosedRemote  _alreadyAccepted
+    halfClosedRemote  creditArrived   -> halfClosedRemote  _addCredit
+    halfClosedRemote  deliverClose    -> closed            _dropUnsent, _sendEof, _sendClose, _closed
+    halfClosedRemote  deliverData     -> reset             _resetDataAfterEof
+    halfClosedRemote  deliverEof      -> halfClosedRemote
+    halfClosedRemote  deliverExit     -> halfClosedRemote  _exitReceived
+    halfClosedRemote  earlyOverflow   -> halfClosedRemote
+    halfClosedRemote  endedQueried    -> halfClosedRemote  _no
+    halfClosedRemote  frameArrived    -> halfClosedRemote  _admit
+    halfClosedRemote  inboxDrained    -> halfClosedRemote  _grant
+    halfClosedRemote  localAbort      -> reset             _sendReset, _reset
+    halfClosedRemote  localClose      -> closingAfterEof   _queueEof, _queueClose, _send
+    halfClosedRemote  localControl    -> halfClosedRemote  _queueControl, _send
+    halfClosedRemote  localData       -> halfClosedRemote  _queueData, _send
+    halfClosedRemote  localEof        -> halfClosedBoth    _queueEof, _send
+    halfClosedRemote  outboxEmptied   -> halfClosedRemote
+    halfClosedRemote  resetArrived    -> reset             _reset
+    halfClosedRemote  resumeSending   -> halfClosedRemote  _send
+    halfClosedRemote  sessionEnded    -> reset             _lost
+    halfClosedRemote  signalArrived   -> halfClosedRemote  _signalReceived
+    open              accept          -> open              _alreadyAccepted
+    open              acceptAfterEof  -> open              _alreadyAccepted
+    open              creditArrived   -> open              _addCredit
+    open              deliverClose    -> closed            _dropUnsent, _sendEof, _sendClose, _closed
+    open              deliverData     -> open              _dataReceived
+    open              deliverEof      -> halfClosedRemote  _eofReceived
+    open              deliverExit     -> open              _exitReceived
+    open              earlyOverflow   -> open
+    open              endedQueried    -> open              _no
+    open              frameArrived    -> open              _admit
+    open              inboxDrained    -> open              _grant
+    open              localAbort      -> reset             _sendReset, _reset
+    open              localClose      -> closing           _queueEof, _queueClose, _send
+    open              localControl    -> open              _queueControl, _send
+    open              localData       -> open              _queueData, _send
+    open              localEof        -> halfClosedLocal   _queueEof, _send
+    open              outboxEmptied   -> open
+    open              resetArrived    -> reset             _reset
+    open              resumeSending   -> open              _send
+    open              sessionEnded    -> reset             _lost
+    open              signalArrived   -> open              _signalReceived
+    opening           accept          -> open              _bind, _takeWindow, _connect, _drainEarly
+    opening           acceptAfterEof  -> halfClosedLocal   _bind, _takeWindow, _connect, _drainEarly
+    opening           creditArrived   -> opening
+    opening           deliverClose    -> opening
+    opening           deliverData     -> opening
+    opening           deliverEof      -> opening
+    opening           deliverExit     -> opening
+    opening           earlyOverflow   -> reset             _sendRefuse, _reset
+    opening           endedQueried    -> opening           _no
+    opening           frameArrived    -> opening           _admitEarly
+    opening           inboxDrained    -> opening
+    opening           localAbort      -> reset             _sendReset, _reset
+    opening           localClose      -> opening           _notAccepted
+    opening           localControl    -> opening           _notAccepted
+    opening           localData       -> opening           _notAccepted
+    opening           localEof        -> opening           _notAccepted
+    opening           outboxEmptied   -> opening
+    opening           resetArrived    -> reset             _reset
+    opening           resumeSending   -> opening
+    opening           sessionEnded    -> reset             _lost
+    opening           signalArrived   -> opening
+    reset             accept          -> reset             _alreadyAccepted
+    reset             acceptAfterEof  -> reset
+    reset             creditArrived   -> reset
+    reset             deliverClose    -> reset
+    reset             deliverData     -> reset
+    reset             deliverEof      -> reset
+    reset             deliverExit     -> reset
+    reset             earlyOverflow   -> reset
+    reset             endedQueried    -> reset             _yes
+    reset             frameArrived    -> reset
+    reset             inboxDrained    -> reset
+    reset             localAbort      -> reset
+    reset             localClose      -> reset
+    reset             localControl    -> reset
+    reset             localData       -> reset
+    reset             localEof        -> reset
+    reset             outboxEmptied   -> reset
+    reset             resetArrived    -> reset
+    reset             resumeSending   -> reset
+    reset             sessionEnded    -> reset
+    reset             signalArrived   -> reset
 """
 
 import json
@@ -268,6 +294,16 @@ from prokshy.streams.interfaces import (
 from prokshy.wire import frames
 
 _U32 = struct.Struct(">I")
+#: Early data (docs/protocol.md section 9.2): the DATA payload bytes an
+#: opener may send right behind its OPEN, before the answer, to a peer whose
+#: hello's C{early_data} field allows them; the acceptor holds them (and an
+#: EOF) and hands them to the stream's protocol once it accepts.  This
+#: implementation's acceptors hold this many, and its openers send at most
+#: this many.
+EARLY_WINDOW = 16384
+#: The hello field of a side that takes early data as an acceptor: how many
+#: bytes a stream may carry before the answer.
+EARLY_DATA = "early_data"
 #: Frames held in order and handed to the protocol (SIGNAL is not held).
 _HELD_TYPES = (frames.DATA, frames.STDERR, frames.EOF, frames.EXIT, frames.CLOSE)
 
@@ -347,10 +383,14 @@ class Stream:
     highWater = 65536
     _machine = MethodicalMachine()
 
-    def __init__(self, owner, sid, kind, args, window):
+    def __init__(self, owner, sid, kind, args, window, early=0):
         """
         @param owner: the L{IStreamOwner}.
         @param window: our receive window (bytes).
+        @param early: the acceptor's side: how many bytes of early data it
+            holds before it answers (what its hello's C{early_data} says,
+            L{EARLY_WINDOW}; 0 ignores early data, as a peer without the
+            field does).
         """
         self._owner = IStreamOwner(owner)
         self.id = sid
@@ -362,6 +402,11 @@ class Stream:
         self._inCredit = InboundCredit(window)
         self._outbox = Outbox(self.highWater)
         self._inbox = Inbox()
+        #: The opener's early data: payload bytes sent before the answer,
+        #: and whether its EOF is queued or sent.
+        self.earlySent = 0
+        self.earlyEof = False
+        self._earlyAllowed = early
 
     def __repr__(self):
         return "<Stream %d %s>" % (self.id, self.kind)
@@ -463,6 +508,35 @@ class Stream:
 
     def stopProducing(self):
         self.abort("cancelled", "the consumer went away")
+
+    # -- the opener's early data (docs/protocol.md section 9.2) -------------
+
+    def sendEarly(self, data, eof, allowance):
+        """
+        The opener, right after its OPEN: send up to C{allowance} bytes of
+        C{data} now, as DATA behind the OPEN (its early data), and the EOF
+        too if C{eof} and all of it went; queue the rest, which goes once
+        the stream is accepted, within the credit its ACCEPT gives (the
+        early bytes count against it).
+
+        @param allowance: the early data the peer's hello allows (at most
+            L{EARLY_WINDOW}), else 0 (everything waits for the ACCEPT, as
+            with an old peer).
+        """
+        owner, view = self._owner, memoryview(bytes(data))
+        now, rest = view[:allowance], view[allowance:]
+        step = owner.maxPayload
+        for start in range(0, len(now), step):
+            owner.send(frames.DATA, self.id, now[start:start + step].tobytes())
+        self.earlySent = len(now)
+        if len(rest):
+            self._outbox.appendData(frames.DATA, rest)
+        if eof:
+            self.earlyEof = True
+            if len(rest) or not allowance:
+                self._outbox.appendControl(frames.EOF, b"")
+            else:
+                owner.send(frames.EOF, self.id, b"")
 
     # -- IOwnedStream -------------------------------------------------------
 
@@ -604,6 +678,14 @@ class Stream:
         "The stream is open: bind the protocol; the peer's window is our credit."
 
     @_machine.input()
+    def acceptAfterEof(self, protocol, window):
+        "As accept, for an opener whose EOF was sent (or queued) with its early data."
+
+    @_machine.input()
+    def earlyOverflow(self, code, message):
+        "The acceptor got more early data than the protocol allows: refuse the open."
+
+    @_machine.input()
     def sessionEnded(self, reason):
         "The session ended (a Failure)."
 
@@ -691,8 +773,50 @@ class Stream:
 
     @_machine.output()
     def _takeWindow(self, window):
-        self._outCredit.grant(window)
+        credit = self._outCredit
+        credit.grant(window)
+        early = self.earlySent
+        if early:
+            # The early data spent the first of the ACCEPT's window.
+            if early > window:
+                self.abort("flow-control", "accepted with a window of %d after %d early bytes" % (window, early))
+                return
+            credit.spend(early)
         self._flush()
+
+    @_machine.output()
+    def _drainEarly(self):
+        # The acceptor's early data, held while opening, goes to the protocol
+        # (unless it paused us in connectionMade: then when it resumes).
+        if len(self._inbox):
+            self._drain()
+
+    @_machine.output()
+    def _admitEarly(self, frame):
+        allowed = self._earlyAllowed
+        if not allowed:
+            return  # no early data taken here: ignored (section 9.2)
+        ftype = frame.type
+        if ftype == frames.DATA:
+            n = len(frame.payload)
+            if self._inCredit.received + n > allowed:
+                self.earlyOverflow(
+                    "flow-control", "more than %d bytes of early data" % (allowed,)
+                )
+                return
+            try:
+                self._inCredit.receive(n)
+            except FlowControlError as e:
+                self.earlyOverflow("flow-control", str(e))
+                return
+            self._inbox.append(frame)
+        elif ftype == frames.EOF:
+            self._inbox.append(frame)
+        # Anything else before ACCEPT is ignored (section 9.2).
+
+    @_machine.output()
+    def _sendRefuse(self, code, message):
+        self._owner.send(frames.REFUSE, self.id, encodeJSON({"code": code, "message": message}))
 
     @_machine.output()
     def _connect(self):
@@ -847,10 +971,14 @@ class Stream:
     # Every (state, input) pair, by state.  An empty output list ignores the
     # input on purpose.
 
-    opening.upon(accept, enter=open, outputs=[_bind, _takeWindow, _connect])
+    opening.upon(accept, enter=open, outputs=[_bind, _takeWindow, _connect, _drainEarly])
+    opening.upon(
+        acceptAfterEof, enter=halfClosedLocal, outputs=[_bind, _takeWindow, _connect, _drainEarly]
+    )
+    opening.upon(earlyOverflow, enter=reset, outputs=[_sendRefuse, _reset])
     opening.upon(sessionEnded, enter=reset, outputs=[_lost])
     opening.upon(resumeSending, enter=opening, outputs=[])
-    opening.upon(frameArrived, enter=opening, outputs=[])
+    opening.upon(frameArrived, enter=opening, outputs=[_admitEarly])
     opening.upon(signalArrived, enter=opening, outputs=[])
     opening.upon(creditArrived, enter=opening, outputs=[])
     opening.upon(resetArrived, enter=reset, outputs=[_reset])
@@ -1051,8 +1179,21 @@ class Stream:
     reset.upon(outboxEmptied, enter=reset, outputs=[])
     reset.upon(endedQueried, enter=reset, outputs=[_yes], collector=_result)
 
+    # Accepted once only; early data overflows only while opening.
+    # (Ended, an accept is ignored.)
+    for _state in (open, halfClosedLocal, halfClosedRemote, halfClosedBoth, closing,
+                   closingAfterEof, flushing, closed, reset):
+        _state.upon(
+            acceptAfterEof, enter=_state,
+            outputs=[] if _state in (closed, reset) else [_alreadyAccepted],
+        )
+        _state.upon(earlyOverflow, enter=_state, outputs=[])
+    del _state
+
 
 __all__ = [
+    "EARLY_DATA",
+    "EARLY_WINDOW",
     "Stream",
     "StreamAddress",
     "StreamError",
