@@ -51,7 +51,7 @@ TTY_WINDOW = 20 * 1024
 TTY_PAYLOAD = 4096
 #: Where the channel has backpressure (Linux virtio-ports, QEMU).
 PIPE_WINDOW = 256 * 1024
-PIPE_PAYLOAD = 16 * 1024
+PIPE_PAYLOAD = 32 * 1024
 #: The host pings every second (it says how often in its hello): after this
 #: many intervals without a word from it, it is taken to be gone, and the
 #: guest sends nothing more of the session until it is heard again.

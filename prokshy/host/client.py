@@ -31,7 +31,7 @@ from prokshy.wire import frames
 #: The host's receive window and payload size: the host side of the
 #: channel is a socket with backpressure.
 HOST_WINDOW = 256 * 1024
-HOST_PAYLOAD = 16 * 1024
+HOST_PAYLOAD = 32 * 1024
 
 
 class SessionRefused(Exception):

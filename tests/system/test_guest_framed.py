@@ -14,6 +14,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from prokshy._version import __version__
+from prokshy.guest.agent import TTY_WINDOW
 from prokshy.link.session import SessionEnded
 from prokshy.sim.faults import TO_GUEST, TO_HOST, Faults
 from prokshy.streams.stream import StreamRefused, StreamReset
@@ -559,15 +560,15 @@ class ChannelTests(FramedTestMixin, TestCase):
     @inlineCallbacks
     def test_inFlightBoundedByTtyWindow(self):
         """
-        On a tty the guest advertises a 16384-byte window, so the bytes in
-        flight toward it never overflow bhyve's 23040-byte ring: a large
+        On a tty the guest advertises a 20480-byte window (TTY_WINDOW), so
+        the bytes in flight toward it never overflow bhyve's 23040-byte ring: a large
         stdin transfer loses nothing to ring drops, and the simulator never
         sees more than the ring unread.
         """
         rig, agent, host = yield self.start()
         sim = rig.sim
-        self.assertEqual(host.link.info.peerHello["window"], 16384)
-        self.assertEqual(host.link.info.sendWindow, 16384)
+        self.assertEqual(host.link.info.peerHello["window"], TTY_WINDOW)
+        self.assertEqual(host.link.info.sendWindow, TTY_WINDOW)
         peak = [0]
 
         def sample():

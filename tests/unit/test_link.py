@@ -861,7 +861,7 @@ class DeliveryTests(LinkTestCase):
         back to the peer's maximum once the channel is clean.
         """
         pair, h, g = self.connected(seed=5)
-        self.assertEqual(pair.host.maxPayload, 4096)
+        self.assertEqual(pair.host.maxPayload, 1024)
         pair.channel.host.corruptByteRate = 0.001
         first = bytes(i % 241 for i in range(150000))
         h.push(first)
