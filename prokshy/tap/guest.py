@@ -19,6 +19,51 @@ DEFAULT_COMMAND_DIR = "/usr/local/etc/prokshy/command.d"
 
 _log = Logger()
 
+#: The exec streams (running and waiting) a session takes at most by
+#: default: three quarters of a session's 1024 streams, the rest left for
+#: info and forwarded connections.
+EXEC_STREAMS = 768
+#: Memory an exec takes in the agent at most, besides its command's own
+#: pipes (kernel buffers): measured (tests/system/test_guest_concurrency.py)
+#: about 10 KiB of state per exec, and it holds at most its stream's window
+#: of stdin (256 KiB) while it waits or its command does not read, and at
+#: most the stream's high-water mark of output (64 KiB) while the host does
+#: not read.  So: waiting, at most 266 KiB (an exec of the API or the CLI
+#: sends at most 16 KiB before it runs: 26 KiB); running, at most 330 KiB.
+QUEUED_EXEC_BYTES = (256 + 10) * 1024
+RUNNING_EXEC_BYTES = (256 + 64 + 10) * 1024
+
+
+def cpuCount():
+    """
+    The CPUs this agent may run on (its affinity mask where the OS has
+    one, else every CPU).
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def defaultConcurrency(cpus=None):
+    """
+    C{--max-concurrency}'s default: 4 commands per CPU (commands mostly
+    wait: on I/O, on a pipe, on the host), at least 8 and at most 64.
+    """
+    cpus = cpuCount() if cpus is None else cpus
+    return min(max(4 * cpus, 8), 64)
+
+
+def defaultQueue(concurrency):
+    """
+    C{--max-queue}'s default: the rest of L{EXEC_STREAMS} (at least 64),
+    so that hundreds of clients' execs wait, in order, rather than being
+    refused C{busy}.  Memory bound: C{concurrency} x L{RUNNING_EXEC_BYTES}
+    + the queue x L{QUEUED_EXEC_BYTES}, at most about 200 MiB if every
+    exec holds a full window of stdin, about 20 MiB for small execs.
+    """
+    return max(EXEC_STREAMS - concurrency, 64)
+
 
 def defaultDevice(candidates=DEFAULT_DEVICES, exists=os.path.exists, platform=sys.platform):
     """
@@ -75,8 +120,12 @@ class Options(usage.Options):
          "Bytes of output a line-protocol command may produce (0: no limit).",
          _positive(int, True)],
         ["max-line", None, 65536, "Longest request line accepted, in bytes.", _positive(int)],
-        ["max-concurrency", None, 8, "Commands run at once (framed protocol).", _positive(int)],
-        ["max-queue", None, 64, "Commands that may wait for a slot before opens are refused.",
+        ["max-concurrency", None, None,
+         "Commands run at once (framed protocol) (default: 4 per CPU, at least 8 and at most 64: "
+         "%d here)." % (defaultConcurrency(),), _positive(int)],
+        ["max-queue", None, None,
+         "Commands that may wait for a slot before opens are refused (default: %d minus "
+         "--max-concurrency, at least 64; each waiting exec holds at most 266 KiB)." % (EXEC_STREAMS,),
          _positive(int, True)],
         ["kill-grace", None, 2.0, "Seconds between SIGTERM and SIGKILL.", _positive(float)],
         ["window", None, 0,
@@ -138,6 +187,10 @@ class Options(usage.Options):
             self["run-dir"] = defaultRunDir()
         elif self["run-dir"] and not os.path.isabs(self["run-dir"]):
             raise usage.UsageError("--run-dir must be an absolute path (or '' for none)")
+        if self["max-concurrency"] is None:
+            self["max-concurrency"] = defaultConcurrency()
+        if self["max-queue"] is None:
+            self["max-queue"] = defaultQueue(self["max-concurrency"])
         if self["dead-after"] <= self["ping-interval"]:
             raise usage.UsageError("--dead-after must be longer than --ping-interval")
 

@@ -96,8 +96,9 @@ class GuestOptionsTests(SynchronousTestCase):
         self.assertEqual(options["line-timeout"], 60.0)
         self.assertEqual(options["line-max-output"], 16 * 1024 * 1024)
         self.assertEqual(options["max-line"], 65536)
-        self.assertEqual(options["max-concurrency"], 8)
-        self.assertEqual(options["max-queue"], 64)
+        # Derived from the CPUs (issue 10; tests/system/test_guest_concurrency.py).
+        self.assertEqual(options["max-concurrency"], guest.defaultConcurrency())
+        self.assertEqual(options["max-queue"], guest.defaultQueue(options["max-concurrency"]))
         self.assertEqual(options["kill-grace"], 2.0)
         self.assertEqual(options["window"], 0)
         self.assertEqual(options["ping-interval"], 1.0)
