@@ -186,10 +186,12 @@ class FramedRun:
         # it; an older daemon always did (L{prefixed} does not repeat it).
         prefix = "vm %s: " % (vm,) if vm is not None else ""
         gate = None
+        # The whole input (not --stdin) goes with the OPEN, with its EOF.
+        early = None if self.input.streamed else (self.input.data or b"")
         try:
             try:
                 running = await self.session.execStream(
-                    opts.command, onOut, onErr, timeout=opts.exec_timeout, vm=vm
+                    opts.command, onOut, onErr, timeout=opts.exec_timeout, vm=vm, stdin=early
                 )
             except BaseException:
                 opened.callback(None)
@@ -200,7 +202,8 @@ class FramedRun:
             if kept is None:
                 gate = FlowGate(running.stream).attach(self.stdout, self.stderr)
             opened.callback(running)
-            self.input.started(running)
+            if early is None:
+                self.input.started(running)
             result = await running.result
         except Exception as e:
             if self.outputError is not None:

@@ -155,15 +155,24 @@ class Session:
     def connected(self):
         return self.mux.connected
 
-    def execStream(self, name, onStdout, onStderr, timeout=None, vm=None):
+    def execStream(self, name, onStdout, onStderr, timeout=None, vm=None, stdin=None):
         """
         Start C{name}, streaming its output to the callbacks.
 
+        @param stdin: None to stream stdin through the L{RunningExec}; or
+            the command's whole stdin (bytes), sent with its EOF along with
+            the OPEN, as early data to a peer that takes it
+            (docs/protocol.md section 9.2), without waiting for the ACCEPT.
         @return: a Deferred firing with a L{RunningExec} once the guest has
             accepted, or failing with L{prokshy.streams.stream.StreamRefused}.
         """
         client = _ExecClient(onStdout, onStderr)
-        d = self.mux.openStream("exec", _execArgs(name, timeout, vm), client)
+        if stdin is None:
+            d = self.mux.openStream("exec", _execArgs(name, timeout, vm), client)
+        else:
+            d = self.mux.openStream(
+                "exec", _execArgs(name, timeout, vm), client, data=stdin, eof=True
+            )
         d.addCallback(lambda stream: RunningExec(stream, client))
         return d
 

@@ -239,6 +239,20 @@ class ExecPipelinedTests(unittest.SynchronousTestCase):
         self.assertLess(self.log.index(("guest", "DATA", 1)), accept)
         self.assertLess(self.log.index(("guest", "EOF", 1)), accept)
 
+    def test_execStreamWholeStdin(self):
+        """
+        C{execStream(stdin=...)} (the CLI's whole input, not --stdin) sends
+        it and the EOF with the OPEN too; the command gets it all.
+        """
+        vm = self.vm()
+        out = []
+        running = vm.wait(self.session.execStream("upper", out.append, lambda d: None, stdin=b"whole"))
+        result = vm.wait(running.result)
+        self.assertEqual((result.exitStatus, b"".join(out)), (0, b"WHOLE"))
+        accept = self.log.index(("host", "ACCEPT", 1))
+        self.assertLess(self.log.index(("guest", "DATA", 1)), accept)
+        self.assertLess(self.log.index(("guest", "EOF", 1)), accept)
+
     def test_queuedExecKeepsEarlyStdin(self):
         """
         With every slot taken, an exec waits (accepted); its early stdin is
