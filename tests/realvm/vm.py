@@ -81,8 +81,13 @@ class VM:
     @ivar dir: a fresh temporary directory (socket, console log, pidfile).
     """
 
-    def __init__(self, info, memory=512, cpus=1, socketPath=None, dir=None):
+    def __init__(self, info, memory=512, cpus=1, socketPath=None, dir=None, append=""):
+        """
+        @param append: more kernel command line arguments (e.g.
+            C{vmtest.profile=FILE}, read by C{vmtest/init}).
+        """
         self.info = info
+        self.append = append
         self.memory = memory
         self.cpus = cpus
         self.dir = dir or tempfile.mkdtemp(prefix="prokshy-vmtest-")
@@ -98,7 +103,7 @@ class VM:
             "-nographic", "-nodefaults", "-no-user-config",
             "-serial", "file:" + self.consolePath,
             "-kernel", self.info["kernel"], "-initrd", self.info["initrd"],
-            "-append", "console=ttyS0 quiet loglevel=3 panic=-1",
+            "-append", ("console=ttyS0 quiet loglevel=3 panic=-1 " + self.append).strip(),
             "-device", "virtio-serial-pci",
             "-chardev", "socket,id=c0,path=%s,server=on,wait=off" % (self.socketPath,),
             "-device", "virtserialport,chardev=c0,name=" + PORT_NAME,
