@@ -136,6 +136,7 @@ from automat import MethodicalMachine
 from twisted.logger import Logger
 from zope.interface import Interface
 
+from prokshy import _machines
 from prokshy.link.keepalive import Repeater, SilenceTimer
 
 
@@ -275,6 +276,7 @@ class _Lifecycle:
         self.peerSilent("peer silent for %.1f s" % (silent,))
 
 
+@_machines.fast
 class HostLifecycle(_Lifecycle):
     """
     The host's sessions: say hello until answered, keep the session, start
@@ -520,6 +522,7 @@ class HostLifecycle(_Lifecycle):
     del _restart, _leaveUp
 
 
+@_machines.fast
 class GuestLifecycle(_Lifecycle):
     """
     The guest's sessions: answer a host, keep the session, go quiet when

@@ -109,6 +109,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from prokshy import _machines
 from prokshy.transport._base import READ_SIZE, DeviceAddress, LossCallbacks, discardWriteBuffer, readBatch
 from prokshy.transport.interfaces import IDeviceTransport, IHostPresence
 from prokshy.transport.tty import RawSerial, SerialTransport, makeRaw, openSerial
@@ -149,6 +150,7 @@ def _result(values: List[Any]) -> Any:
     return values[-1] if values else None
 
 
+@_machines.fast
 @implementer(IDeviceTransport)
 class DeviceTransport(LossCallbacks, abstract.FileDescriptor):
     """
