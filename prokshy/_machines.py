@@ -67,25 +67,30 @@ def fast(cls):
     Class decorator: the class's Automat machines behave the same, faster.
 
     Automat finds a transition by scanning every transition of the machine
-    (dataclass comparisons, so the cost grows with the table), and builds a
-    new function each time an input is looked up on an instance.  A machine
-    on a per-frame path (a stream) pays both on every frame.  So, once the
-    class body (and so the table) is complete, this indexes the transitions
-    by (state, input), and binds each input once per instance (kept in the
-    instance's C{__dict__}, as C{functools.cached_property} does).  The
-    transitions are the same, and an undeclared pair still raises
+    (dataclass comparisons, so the cost grows with the table), builds a new
+    function each time an input is looked up on an instance, and inspects
+    both signatures each time it calls an output.  A machine on a per-frame
+    path (a stream, the device) pays all three on every frame.  So, once
+    the class body (and so the table) is complete, this builds for each
+    input a table from the identity of each state to the new state, the
+    outputs with the arguments each takes, and the collector; and it binds
+    each input once per instance (kept in the instance's C{__dict__}, as
+    C{functools.cached_property} does).  The transitions are the same, a
+    tracer sees the same, and an undeclared pair still raises
     C{automat.NoTransition}.
     """
     from automat import MethodicalMachine, NoTransition
     from automat._methodical import MethodicalInput
 
+    tables = {}
     for value in list(vars(cls).values()):
         if isinstance(value, MethodicalMachine):
             automaton = value._automaton
-            index = {
-                (old, inp): (new, tuple(outputs))
-                for old, inp, new, outputs in automaton.allTransitions()
-            }
+            index = {}
+            for old, inp, new, outputs in automaton.allTransitions():
+                index[old, inp] = (new, tuple(outputs))
+                steps = tuple((output, output.method, _plan(inp, output)) for output in outputs)
+                tables.setdefault(id(inp), {})[id(old)] = (new, steps, inp.collectors[old])
 
             def outputForInput(inState, inputSymbol, index=index):
                 try:
@@ -97,8 +102,20 @@ def fast(cls):
             automaton.outputForInput = outputForInput
     for name, value in list(vars(cls).items()):
         if isinstance(value, MethodicalInput):
-            setattr(cls, name, _InputBoundOnce(value, name))
+            setattr(cls, name, _InputBoundOnce(value, name, tables.get(id(value), {})))
     return cls
+
+
+def _plan(input, output):
+    """
+    The indexes of C{input}'s positional arguments C{output} takes, or None
+    when Automat's own filter must decide (defaults, keywords, variable
+    arguments).
+    """
+    spec, out = input.argSpec, output.argSpec
+    if spec.varargs or spec.varkw or spec.defaults or spec.kwonlyargs or out.varargs:
+        return None
+    return tuple(i for i, name in enumerate(spec.args[1:]) if name in out.args)
 
 
 class _InputBoundOnce:
@@ -106,62 +123,48 @@ class _InputBoundOnce:
     An Automat input, bound to an instance on first use and kept there.
 
     The bound function does what Automat's does (call the input's empty
-    body, so a bad call raises C{TypeError}; transition; call each output
-    with the arguments it names; collect the values), but it works out once
-    per (input, output) which positional arguments each output takes,
-    instead of inspecting both signatures on every call.
+    body, so a bad call raises C{TypeError}; transition, telling a tracer;
+    call each output with the arguments it names; collect the values), from
+    the input's table (see L{fast}).
     """
 
-    def __init__(self, input, name):
+    def __init__(self, input, name, table):
         self.input = input
         self.name = name
-        self._plans = {}
-
-    def _plan(self, output):
-        """
-        The indexes of the input's positional arguments C{output} takes, or
-        None when Automat's own filter must decide (defaults, keywords,
-        variable arguments).
-        """
-        key = id(output)
-        try:
-            return self._plans[key]
-        except KeyError:
-            pass
-        spec, out = self.input.argSpec, output.argSpec
-        if spec.varargs or spec.varkw or spec.defaults or spec.kwonlyargs or out.varargs:
-            plan = None
-        else:
-            plan = tuple(i for i, name in enumerate(spec.args[1:]) if name in out.args)
-        self._plans[key] = plan
-        return plan
+        self.table = table
 
     def __get__(self, oself, type=None):
         if oself is None:
             return self.input
+        from automat import NoTransition
         from automat._methodical import _filterArgs, _transitionerFromInstance
 
         inp = self.input
-        method, collectors, spec, plan = inp.method, inp.collectors, inp.argSpec, self._plan
+        method, spec, table = inp.method, inp.argSpec, self.table
         transitioner = _transitionerFromInstance(oself, inp.symbol, inp.automaton)
 
         def doInput(*args, **kwargs):
             method(oself, *args, **kwargs)
             previous = transitioner._state
-            outputs, tracer = transitioner.transition(inp)
+            try:
+                new, steps, collector = table[id(previous)]
+            except KeyError:
+                raise NoTransition(state=previous, symbol=inp) from None
+            tracer = transitioner._tracer
+            outTracer = tracer(previous, inp, new) if tracer else None
+            transitioner._state = new
             values = []
-            for output in outputs:
-                if tracer is not None:
-                    tracer(output)
-                p = None if kwargs else plan(output)
-                if p is None:
+            for output, call, plan in steps:
+                if outTracer is not None:
+                    outTracer(output)
+                if plan is None or kwargs:
                     a, k = _filterArgs(args, kwargs, spec, output.argSpec)
-                    values.append(output.method(oself, *a, **k))
-                elif not p:
-                    values.append(output.method(oself))
+                    values.append(call(oself, *a, **k))
+                elif not plan:
+                    values.append(call(oself))
                 else:
-                    values.append(output.method(oself, *[args[i] for i in p if i < len(args)]))
-            return collectors[previous](values)
+                    values.append(call(oself, *[args[i] for i in plan if i < len(args)]))
+            return collector(values)
 
         doInput.__name__ = self.name
         doInput.__doc__ = method.__doc__
