@@ -18,7 +18,16 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["BATCH_LIMIT", "DeviceAddress", "LossCallbacks", "READ_SIZE", "discardWriteBuffer", "readBatch"]
+__all__ = [
+    "BATCH_LIMIT",
+    "DeviceAddress",
+    "EAGER_LIMIT",
+    "EagerWrites",
+    "LossCallbacks",
+    "READ_SIZE",
+    "discardWriteBuffer",
+    "readBatch",
+]
 
 #: The most bytes one C{read()} asks for.  A virtio port gives at most 4 KiB
 #: and a tty about as much per read whatever is asked, and Python allocates
@@ -100,6 +109,52 @@ def readBatch(fd: int, read: Callable[[int, int], bytes] = os.read, size: int = 
     if len(chunks) == 1:
         return chunks[0], end
     return b"".join(chunks), end
+
+
+#: Writes up to this size go to the device at once when nothing is waiting
+#: to be written (L{EagerWrites}); larger ones wait for the reactor's write
+#: pass, which joins a turn's writes into one system call.
+EAGER_LIMIT = 2048
+
+
+class EagerWrites:
+    """
+    C{write} for the device transports (L{abstract.FileDescriptor}s): a
+    small write with nothing buffered before it goes to the device at once,
+    rather than at the reactor's next write pass.
+
+    The writes that matter for latency are small and come alone: an
+    ACCEPT, an EXIT and CLOSE, an acknowledgement, a line-mode reply.
+    Waiting for the write pass puts everything else the reactor does in
+    that turn in front of them: an ACCEPT queued before a spawn left only
+    after the spawn.  Bulk data still goes through the buffer, so a turn's
+    frames are still written by one system call.
+
+    The order of bytes is kept: nothing is written at once while anything
+    is buffered.  A subclass says, with L{_mayWriteNow}, whether the device
+    may be written at all now.
+    """
+
+    def _mayWriteNow(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        if (
+            0 < len(data) <= EAGER_LIMIT
+            and self.connected
+            and not self.disconnecting
+            and not self._writeDisconnected
+            and not self._tempDataLen
+            and self.offset >= len(self.dataBuffer)
+            and self._mayWriteNow()
+        ):
+            written = self.writeSomeData(data)
+            if isinstance(written, int) and written > 0:
+                if written == len(data):
+                    return
+                data = data[written:]
+            # Nothing (EAGAIN) or an error: the write pass deals with it.
+        abstract.FileDescriptor.write(self, data)
 
 
 class LossCallbacks:

@@ -110,7 +110,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from prokshy import _machines
-from prokshy.transport._base import READ_SIZE, DeviceAddress, LossCallbacks, discardWriteBuffer, readBatch
+from prokshy.transport._base import (
+    READ_SIZE,
+    DeviceAddress,
+    EagerWrites,
+    LossCallbacks,
+    discardWriteBuffer,
+    readBatch,
+)
 from prokshy.transport.interfaces import IDeviceTransport, IHostPresence
 from prokshy.transport.tty import RawSerial, SerialTransport, makeRaw, openSerial
 
@@ -152,7 +159,7 @@ def _result(values: List[Any]) -> Any:
 
 @_machines.fast
 @implementer(IDeviceTransport)
-class DeviceTransport(LossCallbacks, abstract.FileDescriptor):
+class DeviceTransport(EagerWrites, LossCallbacks, abstract.FileDescriptor):
     """
     A transport on a non-tty char device fd (Linux virtio-serial port), which
     survives the host going away.
@@ -558,6 +565,11 @@ class DeviceTransport(LossCallbacks, abstract.FileDescriptor):
 
     def startWriting(self) -> None:
         self.writingWanted()
+
+    def _mayWriteNow(self) -> bool:
+        # Only while a host is there: with none, writes wait (and are
+        # discarded for the next host).
+        return self.hostQueried()
 
     def loseConnection(self) -> None:
         """

@@ -25,7 +25,7 @@ from twisted.internet.error import ConnectionAborted
 from twisted.internet.serialport import SerialPort
 from twisted.python.failure import Failure
 
-from prokshy.transport._base import DeviceAddress, LossCallbacks, discardWriteBuffer, readBatch
+from prokshy.transport._base import DeviceAddress, EagerWrites, LossCallbacks, discardWriteBuffer, readBatch
 from prokshy.transport.interfaces import IDeviceTransport
 
 __all__ = ["RawSerial", "SerialTransport", "makeRaw", "openSerial"]
@@ -127,7 +127,7 @@ def openSerial(path: str, baudrate: int = 115200) -> RawSerial:
 
 
 @implementer(IDeviceTransport)
-class SerialTransport(LossCallbacks, SerialPort):
+class SerialTransport(EagerWrites, LossCallbacks, SerialPort):
     """
     Twisted's L{SerialPort} on an already opened L{RawSerial}, with
     C{getHost}/C{getPeer} returning a L{DeviceAddress}, an

@@ -326,8 +326,9 @@ class TTYTests(PtyMixin, TestCase):
         """
         master, slave, path = self.openPty()
         protocol = yield self.connect(path)
-        protocol.transport.write(b"stale frames")
-        self.assertEqual(protocol.transport.discardBuffered(), 12)
+        stale = b"stale frames" * 200  # more than EAGER_LIMIT: buffered
+        protocol.transport.write(stale)
+        self.assertEqual(protocol.transport.discardBuffered(), len(stale))
         protocol.transport.write(b"fresh\n")
         received = bytearray()
 

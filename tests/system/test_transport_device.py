@@ -27,6 +27,7 @@ from zope.interface.verify import verifyClass, verifyObject
 
 import prokshy.transport.device
 from prokshy import _machines
+from prokshy.transport._base import EAGER_LIMIT
 from prokshy.transport.device import DeviceAddress, DeviceTransport
 from prokshy.transport.interfaces import IDeviceTransport, IHostPresence
 from tests.system.test_transport import ALL_BYTES, RecordingProtocol, closeProtocol, waitFor
@@ -58,6 +59,10 @@ class FakeReads:
                 raise OSError(result, os.strerror(result))
             return result
         return os.read(fd, size)
+
+
+#: A write larger than EAGER_LIMIT: it waits in the buffer for the write pass.
+BIG = b"b" * (EAGER_LIMIT + 1)
 
 
 class HostAwayTests(TestCase):
@@ -102,7 +107,7 @@ class HostAwayTests(TestCase):
         (no spinning on POLLHUP), the protocol's C{hostAway} is called once,
         and the fd stays open.
         """
-        self.transport.write(b"queued")
+        self.transport.write(BIG)
         self.assertIn(self.transport, self.reactor.getWriters())
         self.goAway()
         self.assertNotIn(self.transport, self.reactor.getReaders())
@@ -145,7 +150,7 @@ class HostAwayTests(TestCase):
         before it left, is discarded, never sent to the new one.  What the
         protocol writes from C{hostReturned} on is sent.
         """
-        self.transport.write(b"before it left ")
+        self.transport.write(BIG)
         self.goAway(errno.EAGAIN)
         self.transport.write(b"hello ")
         self.transport.writeSequence([b"host"])
@@ -153,8 +158,7 @@ class HostAwayTests(TestCase):
         self.protocol.hostReturned = lambda: self.transport.write(b"for the new host")
         self.probeDelays(1)
         self.assertTrue(self.transport.hostConnected)
-        self.assertIn(self.transport, self.reactor.getWriters())
-        self.assertIsNone(self.transport.doWrite())
+        # A small write with nothing (left) buffered goes at once.
         self.assertEqual(self.peer.recv(100), b"for the new host")
         self.assertEqual(self.reactor.getWriters(), [])
 
@@ -190,9 +194,9 @@ class HostAwayTests(TestCase):
 
         self.transport.bufferSize = 10
         self.transport.registerProducer(Producer(), True)
-        self.transport.write(b"x" * 20)
+        self.transport.write(BIG)
         self.assertEqual(events, ["pause"])
-        self.assertEqual(self.transport.discardBuffered(), 20)
+        self.assertEqual(self.transport.discardBuffered(), len(BIG))
         self.assertEqual(events, ["pause", "resume"])
         self.assertEqual(self.transport.discardBuffered(), 0)
         self.transport.write(b"fresh")
@@ -241,6 +245,40 @@ class HostAwayTests(TestCase):
         self.assertTrue(self.protocol.reasons[0].check(ConnectionDone))
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.assertTrue(closed(self.fd))
+
+    def test_smallWriteAtOnce(self):
+        """
+        A small write with nothing buffered goes to the device at once, not
+        at the reactor's next write pass (an ACCEPT queued before a spawn
+        leaves before the spawn).
+        """
+        self.transport.write(b"ACCEPT")
+        self.assertEqual(self.peer.recv(100), b"ACCEPT")
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_smallWriteKeepsOrder(self):
+        """
+        Behind buffered bytes a small write waits its turn: the bytes leave
+        in the order written.
+        """
+        self.transport.write(BIG)
+        self.transport.write(b"after")
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.assertIsNone(self.transport.doWrite())
+        received = b""
+        while len(received) < len(BIG) + 5:
+            received += self.peer.recv(65536)
+        self.assertEqual(received, BIG + b"after")
+
+    def test_smallWriteWhileAwayWaits(self):
+        """
+        With no host, a small write is not tried: it waits (and is dropped
+        for the next host), as every write does.
+        """
+        self.goAway(errno.EAGAIN)
+        self.transport.write(b"ping")
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(self.transport.discardBuffered(), 4)
 
     def test_readErrorIsFatal(self):
         """
