@@ -112,7 +112,7 @@ ROWS = [
     Row("stream-bhyve-g2h", "one stream guest->host, bhyve mode", "streams", "bhyve_g2h_MBps", "MB/s",
         "bhyve_g2h_raw_MBps", "raw channel, same path", ("ratio>=", 0.6), ">= 60% of raw"),
     Row("stream-bhyve-h2g", "one stream host->guest, bhyve mode", "streams", "bhyve_h2g_MBps", "MB/s",
-        "bhyve_h2g_raw_MBps", "raw channel, 16 KiB window", ("info", None),
+        "bhyve_h2g_raw_MBps", "raw channel, the agent's 20 KiB tty window", ("info", None),
         "as close as the 23 KB tty queue allows"),
     Row("fwd-h2g", "one forwarded TCP stream host->guest", "forward", "fwd_h2g_MBps", "MB/s",
         "fwd_h2g_raw_MBps", "raw channel (bhyve mode)", ("ratio>=", 0.5), ">= 50% of raw"),

@@ -62,7 +62,7 @@ QEMU_RAW_WINDOW = 1 * MiB
 #: The agent's window in qemu mode: what it chooses itself on a virtio port
 #: (a non-tty, with backpressure: L{prokshy.guest.agent.PIPE_WINDOW}).  The
 #: simulator's guest end is a pty in both modes, which the agent must take
-#: for a FreeBSD vtcon tty (a 16 KiB window, below its 23 KB queue), so in
+#: for a FreeBSD vtcon tty (a 20 KiB window, below its 23040-byte queue), so in
 #: qemu mode it is told (C{--window}).
 QEMU_AGENT_WINDOW = PIPE_WINDOW
 
