@@ -91,12 +91,14 @@ async def download(session, n):
     return seconds
 
 
-async def upload(session, name, n, onStdout=lambda d: None):
+async def upload(session, name, n, onStdout=lambda d: None, data=b"\0" * 65536):
     """
     Move C{n} bytes host->guest into command C{name}, as fast as its credit
     allows; return (the seconds it took, its L{ExecResult}).
+
+    @param data: the bytes to send, repeated (cut to C{n} in all), or
+        C{data(offset) -> bytes}, the piece that starts at C{offset}.
     """
-    block = b"\0" * 65536
     t0 = time.perf_counter()
     running = await session.execStream(name, onStdout, lambda d: None)
     sent = 0
@@ -119,9 +121,11 @@ async def upload(session, name, n, onStdout=lambda d: None):
     def pump():
         nonlocal sent
         while not src.paused and sent < n:
-            running.write(block)
-            sent += len(block)
+            piece = (data(sent) if callable(data) else data)[: n - sent]
+            running.write(piece)
+            sent += len(piece)
         if sent >= n:
+            running.unregisterProducer()
             running.closeStdin()
 
     running.registerProducer(src, True)

@@ -57,7 +57,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench._rig import startSim, stopAll  # noqa: E402
+from bench._rig import procCpuSeconds, startSim, stopAll  # noqa: E402
 from prokshy.guest.agent import TTY_WINDOW  # noqa: E402
 
 #: What the guest agent advertises on a tty (prokshy.guest.agent.TTY_WINDOW);
@@ -79,18 +79,8 @@ def _cpu():
     return t.user + t.system
 
 
-def cpuSeconds(pid):
-    """
-    @return: the user + system CPU seconds process C{pid} has used so far.
-    """
-    if pid == os.getpid():
-        return _cpu()
-    try:
-        with open("/proc/%d/stat" % (pid,)) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+#: The user + system CPU seconds a process has used so far (L{bench._rig}).
+cpuSeconds = procCpuSeconds
 
 
 def _reap(proc):

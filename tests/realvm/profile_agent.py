@@ -50,7 +50,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 
 from tests.realvm import vm as V
-from tests.realvm.test_agent import download, upload
+from bench._rig import download, upload
 
 CLK_TCK_GUEST = 100  # Linux USER_HZ on x86
 
@@ -153,7 +153,7 @@ async def measured(session, what, n):
         await download(session, n)
     else:
         counted = []
-        seconds, result = await upload(session, "count", b"\0" * 65536, n, counted.append)
+        seconds, result = await upload(session, "count", n, counted.append)
         assert result.exitStatus == 0 and int(b"".join(counted)) == n, (result, counted)
     seconds = time.perf_counter() - t0
     b = await agentSample(session)

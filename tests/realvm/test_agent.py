@@ -30,6 +30,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
+from bench._rig import download, upload
 from tests.realvm import vm as V
 
 INFO = V.manifest()
@@ -134,62 +135,6 @@ def closeSession(proto, lost):
     return lost
 
 
-async def download(session, n):
-    """
-    C{n} bytes guest->host through the C{zeros} command; seconds taken.
-    """
-    got = [0]
-    t0 = time.perf_counter()
-    running = await session.execStream("zeros", lambda d: got.__setitem__(0, got[0] + len(d)), lambda d: None)
-    running.write(str(n).encode())
-    running.closeStdin()
-    result = await running.result
-    seconds = time.perf_counter() - t0
-    assert got[0] == n and result.exitStatus == 0, (got, result)
-    return seconds
-
-
-async def upload(session, name, data, n, onStdout=lambda d: None):
-    """
-    Stream C{n} bytes (C{data} repeated, 64 KiB pieces) into C{name} as fast
-    as its credit allows; return (seconds, the L{ExecResult}).
-    """
-    t0 = time.perf_counter()
-    running = await session.execStream(name, onStdout, lambda d: None)
-    sent = 0
-
-    class Source:
-        paused = False
-
-        def pauseProducing(self):
-            self.paused = True
-
-        def resumeProducing(self):
-            self.paused = False
-            pump()
-
-        def stopProducing(self):
-            self.paused = True
-
-    src = Source()
-
-    def pump():
-        nonlocal sent
-        while not src.paused and sent < n:
-            piece = data(sent) if callable(data) else data
-            piece = piece[: n - sent]
-            running.write(piece)
-            sent += len(piece)
-        if sent >= n:
-            running.unregisterProducer()
-            running.closeStdin()
-
-    running.registerProducer(src, True)
-    pump()
-    result = await running.result
-    return time.perf_counter() - t0, result
-
-
 class RealVMAgentTests(unittest.TestCase):
     """
     The guest agent in a real VM, from the host, straight on the VM's socket.
@@ -262,7 +207,7 @@ class RealVMAgentTests(unittest.TestCase):
             proto = await openSession(self, self.vm.socketPath)
             out = []
             seconds, result = await upload(
-                proto.session, "digest", lambda at: payload[at:at + 65536], n, out.append)
+                proto.session, "digest", n, out.append, data=lambda at: payload[at:at + 65536])
             self.assertEqual(result.exitStatus, 0)
             self.assertEqual(b"".join(out), want)
             report("REALVM 8 MiB stdin through the API: %.1f s" % (seconds,))
@@ -358,7 +303,7 @@ class RealVMAgentTests(unittest.TestCase):
                 seconds = await download(proto.session, STREAM_BYTES)
                 rows["g2h"][0].append(STREAM_BYTES / seconds / 1e6)
                 counted = []
-                seconds, result = await upload(proto.session, "count", b"\0" * 65536, STREAM_BYTES, counted.append)
+                seconds, result = await upload(proto.session, "count", STREAM_BYTES, counted.append)
                 self.assertEqual((result.exitStatus, int(b"".join(counted))), (0, STREAM_BYTES))
                 rows["h2g"][0].append(STREAM_BYTES / seconds / 1e6)
                 result = await proto.session.exec("vmctl", stdin=b"raw %d\n" % (RAW_BYTES,))
