@@ -14,8 +14,8 @@ for _, counts in runs:
     passed += c.get("successes", 0) + c.get("expectedFailures", 0)
     failed += c.get("failures", 0) + c.get("errors", 0) + c.get("unexpectedSuccesses", 0)
     skipped += c.get("skips", 0)
-line = "%d passed, %d failed" % (passed, failed)
 if skipped:
-    line += ", %d skipped" % skipped
-print(line)
+    # On a line of its own: the last line is exactly "N passed, N failed".
+    print("%d skipped (see the log above for why)" % skipped)
+print("%d passed, %d failed" % (passed, failed))
 sys.exit(rc if rc else (1 if failed else 0))
