@@ -112,7 +112,8 @@ class InstalledPackageTests(unittest.TestCase):
         The console scripts are declared.
         """
         names = {ep.name for ep in self.dist.entry_points if ep.group == "console_scripts"}
-        self.assertEqual({"prokshy", "prokshy-vmsim", "prokshy-demo"}, names & {"prokshy", "prokshy-vmsim", "prokshy-demo"})
+        wanted = {"prokshy", "prokshy-vmsim", "prokshy-demo", "prokshy-guest-setup"}
+        self.assertEqual(wanted, names & wanted)
 
     def test_sampleCommands(self):
         """
