@@ -122,3 +122,12 @@ class InstalledPackageTests(unittest.TestCase):
         files = self.files()
         for name in ("sysinfo", "statgrab", "fileio"):
             self.assertIn("prokshy/examples/command.d/" + name, files)
+
+    def test_serviceTemplates(self):
+        """
+        The rc.d script and the systemd unit travel with the package:
+        C{prokshy-guest-setup} fills them in from there.
+        """
+        files = self.files()
+        self.assertIn("prokshy/examples/rc.d/prokshy", files)
+        self.assertIn("prokshy/examples/systemd/prokshy-guest.service", files)
