@@ -166,9 +166,12 @@ def install(init, prefix, commandDir, twistd, say=print):
 
     commands = _below(prefix, commandDir)
     _makeDirs(commands, say)
-    os.chmod(commands, 0o755)
-    if os.geteuid() == 0:
-        os.chown(commands, 0, 0)
+    # A directory that was there keeps its owner and mode (the
+    # administrator's choice), but one the agent would refuse is said.
+    mode = stat.S_IMODE(os.stat(commands).st_mode)
+    if mode & 0o022:
+        say("warning: %s is group- or world-writable (mode %04o): the agent refuses its commands "
+            "until it is not (chmod go-w %s)" % (commands, mode, commands))
     samples = os.path.join(_EXAMPLES, "command.d")
     for name in sorted(os.listdir(samples)):
         source, target = os.path.join(samples, name), os.path.join(commands, name)

@@ -113,6 +113,23 @@ class GuestSetupTests(unittest.TestCase):
         self.assertIn("kept %s (already there)" % (mine,), result.stdout)
         self.assertIn("replaced %s" % (self.below("/etc/systemd/system/prokshy-guest.service"),), result.stdout)
 
+    def test_existingDirectoryKeptAndWarned(self):
+        """
+        A command directory that exists keeps its mode; one the agent would
+        refuse (group-writable) is named in a warning, not silently changed.
+        """
+        commands = self.below("/etc/prokshy/command.d")
+        os.makedirs(commands)
+        os.chmod(commands, 0o775)
+        result = _setup("--init", "systemd", "--prefix", self.prefix)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(stat.S_IMODE(os.stat(commands).st_mode), 0o775)
+        self.assertIn("warning: %s is group- or world-writable (mode 0775)" % (commands,), result.stdout)
+        os.chmod(commands, 0o750)
+        result = _setup("--init", "systemd", "--prefix", self.prefix)
+        self.assertEqual(stat.S_IMODE(os.stat(commands).st_mode), 0o750)
+        self.assertNotIn("warning", result.stdout)
+
     def test_usageErrors(self):
         """
         An unknown init system or a relative command directory: one line,
