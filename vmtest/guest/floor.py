@@ -22,13 +22,13 @@ their size histogram (read modes). Bounded: gives up after 300 s.
 """
 
 import collections
-import errno
 import json
 import os
 import sys
 import time
 
-PORT = "/dev/virtio-ports/prokshy"
+from port import PORT, openPort, writeAll
+
 mode, n = sys.argv[1], int(sys.argv[2])
 deadline = time.monotonic() + 300
 
@@ -37,37 +37,15 @@ if mode.startswith("tw"):
     from twisted.internet.protocol import Protocol
     from prokshy.transport.device import DeviceTransport
 
-while True:
-    try:
-        fd = os.open(PORT, os.O_RDWR)
-        break
-    except OSError as e:
-        if e.errno != errno.EBUSY or time.monotonic() > deadline:
-            raise
-        time.sleep(0.05)
-
-os.set_blocking(fd, False)
-while True:
-    try:
-        if not os.read(fd, 65536):
-            break
-    except BlockingIOError:
-        break
-os.set_blocking(fd, True)
+fd = openPort(deadline)
 marker = os.dup(fd)
-
-
-def writeAll(data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(marker, view[:32768]):]
 
 
 sizes = collections.Counter()
 reads = [0]
 result = {"mode": mode, "n": n}
 
-writeAll(b"\nFLOORSTART %s %d\n" % (mode.encode(), n))
+writeAll(marker, b"\nFLOORSTART %s %d\n" % (mode.encode(), n))
 c0, t0 = os.times(), time.monotonic()
 
 if mode == "osread":
@@ -148,7 +126,7 @@ else:
 c1, t1 = os.times(), time.monotonic()
 result.update(user=round(c1.user - c0.user, 3), sys=round(c1.system - c0.system, 3), wall=round(t1 - t0, 3),
               reads=reads[0], read_sizes=sorted(sizes.items(), key=lambda kv: -kv[1])[:8])
-writeAll(b"\nFLOORDONE " + json.dumps(result).encode() + b"\n")
+writeAll(marker, b"\nFLOORDONE " + json.dumps(result).encode() + b"\n")
 os.close(marker)
 try:
     os.close(fd)

@@ -13,46 +13,24 @@ it), drops whatever input was left over, then:
 Bounded: gives up after 120 s.
 """
 
-import errno
 import os
 import sys
 import time
 
-PORT = "/dev/virtio-ports/prokshy"
+from port import openPort, writeAll
+
 n = int(sys.argv[1])
 deadline = time.monotonic() + 120
 
-while True:
-    try:
-        fd = os.open(PORT, os.O_RDWR)
-        break
-    except OSError as e:
-        if e.errno != errno.EBUSY or time.monotonic() > deadline:
-            raise
-        time.sleep(0.05)
-
-os.set_blocking(fd, False)
-while True:
-    try:
-        if not os.read(fd, 65536):
-            break
-    except BlockingIOError:
-        break
-os.set_blocking(fd, True)
+fd = openPort(deadline)
 
 
-def writeAll(data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view[:32768]):]
-
-
-writeAll(b"\nRAWSTART %d\n" % n)
+writeAll(fd, b"\nRAWSTART %d\n" % n)
 block = bytes(32768)
 left = n
 while left:
     left -= os.write(fd, block[: min(left, len(block))])
-writeAll(b"\nRAWREADY\n")
+writeAll(fd, b"\nRAWREADY\n")
 got = 0
 while got < n and time.monotonic() < deadline:
     data = os.read(fd, 65536)
@@ -60,5 +38,5 @@ while got < n and time.monotonic() < deadline:
         time.sleep(0.01)  # the host is not connected
         continue
     got += len(data)
-writeAll(b"\nRAWDONE %d\n" % got)
+writeAll(fd, b"\nRAWDONE %d\n" % got)
 os.close(fd)
