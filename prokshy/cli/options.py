@@ -265,6 +265,75 @@ def buildParser():
         action="store_true",
         help="show the agent's version, features, OS and uptime and exit",
     )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        dest="list_commands",
+        help="list the commands the guest offers (its command.d), with their descriptions",
+    )
+    parser.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="run the command on a terminal in the guest, this terminal in raw mode "
+        "(an interactive program: a shell, an editor); framed protocol, one VM",
+    )
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="ARG",
+        help="arguments for the command (its argv; after --command NAME, best after --); "
+        "framed protocol",
+    )
+    files = parser.add_argument_group(
+        "files",
+        "Copy files to and from the guest, verified end to end (sha256), written "
+        "atomically (a temporary file, then rename), keeping the mode. The guest "
+        "agent's --allow-files DIR decides what may be reached. LOCAL may be - "
+        "(stdin for --push, stdout for --pull).",
+    )
+    files.add_argument(
+        "--push",
+        nargs=2,
+        metavar=("LOCAL", "REMOTE"),
+        help="copy LOCAL to REMOTE in the guest (with --all-vms or several --vm: to each)",
+    )
+    files.add_argument(
+        "--pull",
+        nargs=2,
+        metavar=("REMOTE", "LOCAL"),
+        help="copy the guest's REMOTE to LOCAL",
+    )
+    files.add_argument(
+        "--preserve",
+        action="store_true",
+        help="with --push or --pull: keep the modification time too",
+    )
+    progress = parser.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show bytes, rate and ETA of long transfers on stderr (default: when stderr is a terminal)",
+    )
+    progress.add_argument(
+        "--no-progress",
+        action="store_false",
+        dest="progress",
+        help="never show progress",
+    )
+    parser.add_argument(
+        "--json-stream",
+        action="store_true",
+        help="print JSON Lines events as they happen (output in base64 chunks), "
+        "ending with each VM's --json record: memory stays bounded",
+    )
+    parser.add_argument(
+        "--reserved-exit-codes",
+        action="store_true",
+        help="exit with prokshy's own failures in a reserved range (docs/cli.md), "
+        "so they cannot be taken for the command's status",
+    )
     forwarding = parser.add_argument_group(
         "forwarding",
         "SPEC is ssh's: [VM=][BIND:]PORT:HOST:HOSTPORT, the listening side first; "
@@ -387,6 +456,32 @@ def _names(text, message):
     return repr(text) in message or bool(rest) and repr(rest) in message
 
 
+def _mode(parser, options):
+    """
+    What the command line asks for: C{"exec"}, C{"status"}, C{"info"},
+    C{"list"}, C{"forwards"}, C{"push"} or C{"pull"} (the C{mode} of its
+    C{--json} records, L{prokshy.cli.records}).  Two of them are a usage
+    error.
+    """
+    given = [
+        (mode, flag)
+        for mode, flag, on in (
+            ("status", "--status", options.status),
+            ("info", "--info", options.info),
+            ("list", "--list", options.list_commands),
+            ("push", "--push", options.push is not None),
+            ("pull", "--pull", options.pull is not None),
+            ("forwards", "--forward", options.forward_mode is not None),
+        )
+        if on
+    ]
+    if len(given) > 1:
+        parser.error("%s cannot be used with %s" % (given[0][1], given[1][1]))
+    if given and given[0][0] != "forwards" and options.command is not None:
+        parser.error("%s cannot be used with --command" % (given[0][1],))
+    return given[0][0] if given else "exec"
+
+
 def parseArgs(argv=None):
     """
     Parse the command line.
@@ -407,7 +502,8 @@ def parseArgs(argv=None):
     options.forward_specs = list(options.forward_specs or [])
     options.unforward = list(options.unforward or [])
     options.forward_mode = _forwardMode(parser, options)
-    query = options.status or options.info or options.forward_mode is not None
+    options.mode = _mode(parser, options)
+    query = options.mode != "exec"
     if not query:
         if options.command is None:
             parser.error("the following arguments are required: --command")
