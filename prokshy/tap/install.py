@@ -19,6 +19,7 @@ the ones the guest will see.
 """
 
 import os
+import re
 import shutil
 import stat
 import sys
@@ -27,7 +28,7 @@ from twisted.python import usage
 
 import prokshy
 
-__all__ = ["INIT_SYSTEMS", "Options", "SetupError", "findTwistd", "install", "main", "serviceText"]
+__all__ = ["INIT_SYSTEMS", "Options", "SetupError", "checkPlainPath", "findTwistd", "install", "main", "serviceText"]
 
 #: The package data: C{prokshy/examples}, whose entries link to C{etc/}.
 _EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(prokshy.__file__)), "examples")
@@ -66,6 +67,27 @@ class SetupError(Exception):
     """
     Setup cannot go on; the message says why, in one line.
     """
+
+
+#: The characters a path written into a service file may have: neither
+#: the rc.d script's unquoted C{command_args} nor systemd's C{ExecStart=}
+#: (which splits at white space and expands C{%} and C{$}) would keep a
+#: path with others as one argument.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._/+@:,=-]*\Z")
+
+
+def checkPlainPath(path, what):
+    """
+    Refuse a path that a service file cannot carry as it is.
+
+    @raise SetupError: naming C{what}, the path and the characters allowed.
+    """
+    if not _PLAIN_PATH.match(path):
+        raise SetupError(
+            "%s %r has a character a service file cannot carry unquoted (white space, quotes, "
+            "%%, $, \\, ...): use a path of letters, digits and . _ / + @ : , = -" % (what, path)
+        )
+    return path
 
 
 class Options(usage.Options):
@@ -153,6 +175,8 @@ def install(init, prefix, commandDir, twistd, say=print):
     @raise SetupError: (or C{OSError}) if that cannot be done.
     """
     spec = INIT_SYSTEMS[init]
+    checkPlainPath(twistd, "twistd")
+    checkPlainPath(commandDir, "the command directory")
     text = serviceText(init, twistd, commandDir)
     service = _below(prefix, spec["service"])
     _makeDirs(os.path.dirname(service), say)

@@ -154,3 +154,22 @@ class GuestSetupTests(unittest.TestCase):
         with self.assertRaises(install.SetupError) as e:
             install.findTwistd(os.path.join(empty, "python3"))
         self.assertIn("no twistd", str(e.exception))
+
+    def test_pathsAServiceFileCannotCarry(self):
+        """
+        A command directory or a twistd path with white space (or another
+        character an unquoted C{ExecStart=} or rc.d C{command_args} would
+        split or expand) is refused in one line, exit 1, and no service
+        file is written; a plain path is taken.
+        """
+        for bad in ("/etc/prokshy/my commands", "/etc/prokshy/100%", "/etc/$HOME", "/etc/a'b"):
+            result = _setup("--init", "systemd", "--prefix", self.prefix, "--command-dir", bad)
+            self.assertEqual(result.returncode, 1, (bad, result.stderr))
+            self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+            self.assertIn(repr(bad), result.stderr)
+            self.assertEqual(os.listdir(self.prefix), [], bad)
+        with self.assertRaises(install.SetupError):
+            install.install("rc.d", self.prefix, "/usr/local/etc/prokshy/command.d", "/opt/my venv/bin/twistd",
+                            say=lambda line: None)
+        self.assertEqual(os.listdir(self.prefix), [])
+        self.assertEqual(install.checkPlainPath("/opt/venv-3.11/bin/twistd", "twistd"), "/opt/venv-3.11/bin/twistd")
