@@ -103,6 +103,7 @@ from prokshy.execs.refusals import BUSY, INTERNAL_ERROR, CommandRefused
 from prokshy.execs.status import ExitStatus
 from prokshy.forward.guestside import KINDS as FORWARD_KINDS
 from prokshy.guest.execution import signalNumber
+from prokshy.guest.files import FILES_FEATURE, FILE_KINDS, GuestFiles
 from prokshy.link.session import PROTOCOL_VERSIONS
 from prokshy.streams.interfaces import ISignalStreamProtocol, IStreamProtocol
 from prokshy.streams.stream import EARLY_WINDOW, StreamRefused
@@ -483,7 +484,7 @@ class GuestStreams:
 
     log = Logger()
 
-    def __init__(self, runner, maxConcurrency=8, maxQueue=64, startedAt=None, forwards=None):
+    def __init__(self, runner, maxConcurrency=8, maxQueue=64, startedAt=None, forwards=None, files=None):
         self.runner = runner
         #: The L{prokshy.forward.guestside.GuestForwards} serving C{connect}
         #: and C{listen}, or None (this agent then refuses them).
@@ -498,13 +499,17 @@ class GuestStreams:
         if clock is None:
             from twisted.internet import reactor as clock
         self._insecureLog = LogLimiter(clock, self.log)
+        #: The L{prokshy.guest.files.GuestFiles} serving C{file-put} and
+        #: C{file-get} (by default one with no --allow-files directory:
+        #: every file stream is refused C{not-allowed}).
+        self.files = files if files is not None else GuestFiles(clock)
 
     @property
     def features(self):
         """
         The features the guest's hello lists.
         """
-        return FEATURES + (FORWARD_KINDS if self.forwards is not None else ())
+        return FEATURES + (FILES_FEATURE,) + (FORWARD_KINDS if self.forwards is not None else ())
 
     def forSession(self, opener):
         """
@@ -522,6 +527,8 @@ class GuestStreams:
             return self._exec(stream.args)
         if kind in ("info", "ping"):
             return InfoProtocol(self.describe)
+        if kind in FILE_KINDS:
+            return self.files.open(stream)
         if kind in FORWARD_KINDS and self.forwards is not None and (opener is not None or kind == "connect"):
             return self.forwards.open(stream, opener)
         raise StreamRefused("unknown-kind", "this agent opens no %r streams" % (kind,))

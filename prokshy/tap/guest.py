@@ -152,6 +152,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["allow-connect"] = []
         self["allow-listen"] = []
+        self["allow-files"] = []
 
     def opt_allow_connect(self, pattern):
         """
@@ -169,7 +170,30 @@ class Options(usage.Options):
         """
         self["allow-listen"].append(pattern)
 
+    def opt_allow_files(self, directory):
+        """
+        A directory whose files the host may push and pull (--push, --pull):
+        an absolute path of an existing directory, not a symbolic link,
+        owned by root or the agent's user and neither group- nor
+        world-writable (repeatable; default: none, so every file transfer
+        is refused). Below it no '..', no symbolic link and nothing group-
+        or world-writable is ever followed or written.
+        """
+        self["allow-files"].append(directory)
+
+    def _checkAllowFiles(self):
+        from prokshy.files.rules import checkAllowDir
+
+        checked = []
+        for directory in self["allow-files"]:
+            try:
+                checked.append(checkAllowDir(directory))
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+        self["allow-files"] = checked
+
     def postOptions(self):
+        self._checkAllowFiles()
         from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, PatternError, parsePatterns
 
         try:
@@ -275,7 +299,13 @@ def makeService(options, reactor=None, chdir=os.chdir):
         lineMaxOutput=options["line-max-output"],
     )
     forwards = GuestForwards(reactor, options["allow-connect"], options["allow-listen"])
-    streams = GuestStreams(runner, options["max-concurrency"], options["max-queue"], forwards=forwards)
+    from prokshy.files.rules import FileRules
+    from prokshy.guest.files import GuestFiles
+
+    files = GuestFiles(reactor, FileRules(options.get("allow-files") or ()))
+    streams = GuestStreams(
+        runner, options["max-concurrency"], options["max-queue"], forwards=forwards, files=files
+    )
 
     def buildProtocol():
         return GuestProtocol(
@@ -311,5 +341,9 @@ def makeService(options, reactor=None, chdir=os.chdir):
         dir=directory.path,
         connect=" ".join(options["allow-connect"].texts) or "nothing",
         listen=" ".join(options["allow-listen"].texts) or "nothing",
+    )
+    _log.info(
+        "files may be pushed and pulled under {dirs}",
+        dirs=" ".join(files.rules.dirs) or "nothing (no --allow-files)",
     )
     return top
