@@ -1,0 +1,497 @@
+# -*- test-case-name: tests.unit.test_progress,tests.system.test_cli_progress -*-
+"""
+Progress of long transfers: one status line on stderr, redrawn in place.
+
+A L{Progress} counts the bytes of one transfer (L{Progress.advance}: an
+integer add, nothing else) and, on a timer of the reactor's clock, redraws
+one line (C{\\r}, the text, erase to the end of the line) at most every
+L{Progress.interval} seconds::
+
+    stdin  12.3 MB / 200.0 MB  6%%  4.5 MB/s  ETA 42s
+    output  48.0 MB  12.1 MB/s
+
+Sizes are decimal (kB, MB, GB, as in the C{--status} table); the rate is
+over the last L{Progress.window} seconds (since the start until then); the
+percentage and the ETA only when the total is known.  The line is cut to the
+terminal's width (C{TIOCGWINSZ} on stderr, else 80 columns): the label is
+shortened first, then the ETA, the percentage and the rate are dropped.
+L{Progress.clear} erases the line before anything else is written to the
+terminal (L{ProgressOutput} does it for the CLI's stderr, and for its stdout
+when that is the same terminal); the next tick draws it again.
+L{Progress.finish} replaces it by a summary (bytes, time, average rate) and
+a line end, if a line was ever drawn: a transfer that ends within the first
+interval leaves nothing on the terminal.
+
+When it shows (L{progressWanted}): C{--progress} always, C{--no-progress}
+never, else only when stderr is a terminal (a pipe or a file never gets it).
+
+Its states (the timer runs in every state but C{finished}):
+
+%s
+"""
+
+import fcntl
+import os
+import stat
+import struct
+import termios
+from collections import deque
+
+from automat import MethodicalMachine
+from zope.interface import implementer
+
+from prokshy import _machines
+from prokshy.cli.output import IOutput, OutputPort
+
+#: Erase the progress line: to its start, then to the end of the line.
+ERASE = b"\r\x1b[K"
+
+_UNITS = ("B", "kB", "MB", "GB", "TB")
+
+
+def formatBytes(n):
+    """
+    A byte count in decimal units: C{"999 B"}, C{"1.0 kB"}, C{"12.3 MB"}.
+    """
+    n = float(n)
+    for unit in _UNITS:
+        if n < 999.95 or unit == _UNITS[-1]:
+            return ("%d %s" if unit == "B" else "%.1f %s") % (n, unit)
+        n /= 1000.0
+
+
+def formatDuration(seconds):
+    """
+    A duration for an ETA or a summary: C{"42s"}, C{"3m05s"}, C{"2h07m"}.
+    """
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return "%ds" % (seconds,)
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    hours, rest = divmod(seconds, 3600)
+    if hours > 99:
+        return ">99h"
+    return "%dh%02dm" % (hours, rest // 60)
+
+
+def _elapsed(seconds):
+    if seconds < 10:
+        return "%.1fs" % (seconds,)
+    return formatDuration(seconds)
+
+
+def terminalWidth(fd=2, default=80):
+    """
+    The number of columns of the terminal on C{fd} (C{TIOCGWINSZ}), else
+    C{default}.
+    """
+    try:
+        rows, cols, _x, _y = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    except (OSError, ValueError, TypeError):
+        return default
+    return cols or default
+
+
+def isTerminal(fd):
+    """
+    Whether C{fd} (a number, or L{None}) is a terminal.
+    """
+    if fd is None:
+        return False
+    try:
+        return os.isatty(fd)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def sameTerminal(fd1, fd2):
+    """
+    Whether C{fd1} and C{fd2} are the same terminal device.
+    """
+    if not (isTerminal(fd1) and isTerminal(fd2)):
+        return False
+    try:
+        s1, s2 = os.fstat(fd1), os.fstat(fd2)
+    except OSError:
+        return False
+    return (s1.st_rdev, s1.st_dev) == (s2.st_rdev, s2.st_dev)
+
+
+def outputFD(output):
+    """
+    The descriptor behind one of the CLI's outputs (an L{OutputPort}: a
+    terminal, pipe or socket), or L{None} (a regular file, a file-like
+    object, a collector: never a terminal).
+    """
+    if isinstance(output, ProgressOutput):
+        output = output.inner
+    if isinstance(output, OutputPort):
+        return output.fd
+    return None
+
+
+def progressWanted(options, stderrFD=2):
+    """
+    Whether to show progress: C{--progress} (C{options.progress} true)
+    always, C{--no-progress} (false) never, else (L{None}) only when
+    C{stderrFD} is a terminal.
+
+    @param stderrFD: the descriptor progress would be drawn on, or L{None}
+        when stderr is not a descriptor (then only C{--progress} shows it).
+    """
+    wanted = options.progress
+    if wanted is not None:
+        return bool(wanted)
+    return isTerminal(stderrFD)
+
+
+def remainingSize(fd):
+    """
+    What is left to read on C{fd} when it is a regular file (its size less
+    the current position), else L{None} (a pipe, a terminal: unknown).
+    """
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return max(0, st.st_size - os.lseek(fd, 0, os.SEEK_CUR))
+    except OSError:
+        return None
+
+
+def _printable(label):
+    return "".join(c if c.isprintable() else "?" for c in str(label))
+
+
+class Progress:
+    """
+    The progress line of one transfer.
+
+    @param clock: an L{twisted.internet.interfaces.IReactorTime} (the
+        reactor; a L{twisted.internet.task.Clock} in tests).
+    @param write: where the line goes (bytes; the CLI's stderr output's
+        C{write}, not a L{ProgressOutput}'s, which would erase it).
+    @param label: what moves (C{"stdin"}, C{"output"}, a file name).
+    @param total: the size when known (bytes), for the percentage and ETA.
+    @param width: a function giving the terminal's columns (L{None}: those
+        of descriptor 2, else 80).
+    @param threshold: draw only once this many bytes have moved (so a short
+        output never shows a line).
+    @param state: L{None}, or the L{LineState} of the terminal shared with
+        other writers (through L{ProgressOutput}s): the line is drawn only
+        when L{LineState.idle} says so, and the summary goes on a line of its
+        own after a partial line.
+
+    @ivar done: the bytes moved so far.
+    @ivar shown: whether the line is on the terminal now.
+    @ivar drawn: whether a line was ever drawn.
+    """
+
+    _machine = MethodicalMachine()
+
+    #: Seconds between redraws.
+    interval = 0.25
+    #: Seconds of history the rate is computed over.
+    window = 5.0
+
+    def __init__(self, clock, write, label, total=None, width=None, threshold=0, state=None):
+        self.clock = clock
+        self.write = write
+        self.label = _printable(label)
+        self.total = total
+        self.width = width if width is not None else terminalWidth
+        self.threshold = threshold
+        self.state = state
+        self.done = 0
+        self.shown = False
+        self.drawn = False
+        self.started = clock.seconds()
+        self._samples = deque([(self.started, 0)])
+        # The initial state's timer (Automat has no entry outputs).
+        self._call = self.clock.callLater(self.interval, self._tick)
+
+    # -- the hot path -----------------------------------------------------------
+
+    def advance(self, n):
+        """
+        C{n} more bytes moved.
+        """
+        self.done += n
+
+    # -- the states -------------------------------------------------------------
+
+    @_machine.state(initial=True)
+    def quiet(self):
+        "Nothing drawn yet."
+
+    @_machine.state()
+    def visible(self):
+        "The line is on the terminal."
+
+    @_machine.state()
+    def hidden(self):
+        "The line was drawn, then erased (something else was written)."
+
+    @_machine.state()
+    def finished(self):
+        "Done: the summary was written, if a line was ever drawn; no timer."
+
+    @_machine.input()
+    def redraw(self):
+        "The timer fired and the line may be drawn."
+
+    @_machine.input()
+    def wait(self):
+        "The timer fired and the line may not be drawn now."
+
+    @_machine.input()
+    def clear(self, write=None):
+        """
+        Erase the line (through C{write}, by default the line's own): it is
+        drawn again at the next tick.
+        """
+
+    @_machine.input()
+    def finish(self):
+        """
+        The transfer is over: the summary line and a line end, if a line was
+        ever drawn.  Idempotent.
+        """
+
+    @_machine.output()
+    def _armTick(self):
+        self._call = self.clock.callLater(self.interval, self._tick)
+
+    @_machine.output()
+    def _cancelTick(self):
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    @_machine.output()
+    def _draw(self):
+        self.write(b"\r" + self.line().encode("utf-8", "replace") + b"\x1b[K")
+        self.shown = self.drawn = True
+
+    @_machine.output()
+    def _erase(self, write=None):
+        (write or self.write)(ERASE)
+        self.shown = False
+
+    @_machine.output()
+    def _summarize(self):
+        # Over the line if it is shown, else on a line of its own.
+        lead = b"\r" if self.shown or self.state is None or self.state.atLineStart else b"\n"
+        self.write(lead + self.summary().encode("utf-8", "replace") + b"\x1b[K\n")
+        self.shown = False
+
+    @_machine.output()
+    def _ignore(self, write=None):
+        pass
+
+    quiet.upon(redraw, enter=visible, outputs=[_draw, _armTick])
+    quiet.upon(wait, enter=quiet, outputs=[_armTick])
+    quiet.upon(clear, enter=quiet, outputs=[_ignore])
+    quiet.upon(finish, enter=finished, outputs=[_cancelTick])
+    visible.upon(redraw, enter=visible, outputs=[_draw, _armTick])
+    visible.upon(wait, enter=visible, outputs=[_armTick])
+    visible.upon(clear, enter=hidden, outputs=[_erase])
+    visible.upon(finish, enter=finished, outputs=[_cancelTick, _summarize])
+    hidden.upon(redraw, enter=visible, outputs=[_draw, _armTick])
+    hidden.upon(wait, enter=hidden, outputs=[_armTick])
+    hidden.upon(clear, enter=hidden, outputs=[_ignore])
+    hidden.upon(finish, enter=finished, outputs=[_cancelTick, _summarize])
+    # A tick cannot come once finished (its timer was cancelled): ignored.
+    finished.upon(redraw, enter=finished, outputs=[])
+    finished.upon(wait, enter=finished, outputs=[])
+    finished.upon(clear, enter=finished, outputs=[_ignore])
+    finished.upon(finish, enter=finished, outputs=[])
+
+    # -- the timer ----------------------------------------------------------------
+
+    def _tick(self):
+        self._call = None
+        now = self.clock.seconds()
+        samples = self._samples
+        samples.append((now, self.done))
+        # Keep one sample at or before the start of the window.
+        while len(samples) > 2 and samples[1][0] <= now - self.window:
+            samples.popleft()
+        if self.done >= self.threshold and (self.state is None or self.state.idle()):
+            self.redraw()
+        else:
+            self.wait()
+
+    # -- the text -------------------------------------------------------------------
+
+    def rate(self):
+        """
+        Bytes per second over the last L{window} seconds (or since the
+        start), up to now.
+        """
+        now = self.clock.seconds()
+        t0, n0 = self._samples[0]
+        if now - t0 <= 0:
+            return 0.0
+        return (self.done - n0) / (now - t0)
+
+    def fields(self):
+        """
+        The line's parts, most important first: C{[(name, text)]}.
+        """
+        rate = self.rate()
+        parts = []
+        if self.total is not None:
+            parts.append(("bytes", "%s / %s" % (formatBytes(self.done), formatBytes(self.total))))
+            if self.total > 0:
+                parts.append(("percent", "%d%%" % (min(100, self.done * 100 // self.total),)))
+        else:
+            parts.append(("bytes", formatBytes(self.done)))
+        parts.append(("rate", "%s/s" % (formatBytes(rate),)))
+        if self.total is not None and self.done < self.total:
+            if rate > 0:
+                parts.append(("eta", "ETA %s" % (formatDuration((self.total - self.done) / rate),)))
+            else:
+                parts.append(("eta", "stalled"))
+        return parts
+
+    def line(self, columns=None):
+        """
+        The status line, fit to C{columns} (by default the terminal's) less
+        one, so that it never wraps.
+        """
+        if columns is None:
+            columns = self.width()
+        room = max(1, columns - 1)
+        parts = self.fields()
+        order = {"bytes": 0, "rate": 1, "eta": 2, "percent": 3}
+        while True:
+            stats = "  ".join(text for _name, text in parts)
+            label = self.label
+            free = room - len(stats) - 2
+            if len(label) <= free:
+                return (label + "  " + stats) if label else stats
+            if free >= 8:
+                return label[: free - 3] + "...  " + stats
+            if len(parts) > 1:
+                # Drop the least important part, then try again.
+                worst = max(parts, key=lambda p: order[p[0]])
+                parts.remove(worst)
+                continue
+            return stats[:room]
+
+    def summary(self):
+        """
+        The final line: bytes, time taken, average rate.
+        """
+        took = self.clock.seconds() - self.started
+        average = self.done / took if took > 0 else 0.0
+        text = "%s in %s, %s/s" % (formatBytes(self.done), _elapsed(took), formatBytes(average))
+        return (self.label + "  " + text) if self.label else text
+
+
+__doc__ = __doc__ % (_machines.table(Progress._machine),)
+
+
+class LineState:
+    """
+    What was last written to the terminal the progress line is drawn on,
+    through the L{ProgressOutput}s over it: the line may be drawn only when
+    the cursor is at the start of a line (nothing written yet, or a line end
+    last), so a partial line (a prompt, the command's own C{\\r} status) is
+    never erased, and, when stdout is the same terminal, only once stdout
+    wrote nothing for a whole tick and is not backed up (its writes and the
+    line's go through different buffers).
+    """
+
+    def __init__(self):
+        self.atLineStart = True
+        self.recent = False
+        self.busy = None
+
+    def wrote(self, data):
+        self.atLineStart = data[-1:] == b"\n"
+
+    def idle(self):
+        """
+        Whether the progress line may be drawn now (resets L{recent}).
+        """
+        recent, self.recent = self.recent, False
+        if recent or (self.busy is not None and self.busy()):
+            return False
+        return self.atLineStart
+
+
+@implementer(IOutput)
+class ProgressOutput:
+    """
+    An L{IOutput} over another one (the CLI's stderr, or its stdout when that
+    is the same terminal) that erases the progress lines before each write,
+    so that nothing written is garbled by them.
+
+    @ivar progresses: the L{Progress} lines to erase (a list the caller
+        adds to).
+    @ivar erase: the write the erasing goes through: the inner output's (in
+        order with the data), by default.
+    """
+
+    def __init__(self, inner, state=None, stdout=False):
+        self.inner = inner
+        self.state = state if state is not None else LineState()
+        self.progresses = []
+        self._stdout = stdout
+
+    name = property(lambda self: self.inner.name)
+    lost = property(lambda self: self.inner.lost)
+    error = property(lambda self: self.inner.error)
+    bytesWritten = property(lambda self: self.inner.bytesWritten)
+
+    def write(self, data):
+        if not data:
+            return
+        for progress in self.progresses:
+            if progress.shown:
+                progress.clear(self.inner.write)
+        self.inner.write(data)
+        state = self.state
+        state.wrote(data)
+        if self._stdout:
+            state.recent = True
+
+    def flush(self):
+        pass
+
+    def attach(self, gate):
+        self.inner.attach(gate)
+
+    def detach(self, gate):
+        self.inner.detach(gate)
+
+    def whenLost(self, callback):
+        self.inner.whenLost(callback)
+
+    def close(self):
+        return self.inner.close()
+
+    def abort(self):
+        self.inner.abort()
+
+    def restore(self):
+        self.inner.restore()
+
+
+__all__ = [
+    "ERASE",
+    "LineState",
+    "Progress",
+    "ProgressOutput",
+    "formatBytes",
+    "formatDuration",
+    "isTerminal",
+    "outputFD",
+    "progressWanted",
+    "remainingSize",
+    "sameTerminal",
+    "terminalWidth",
+]
