@@ -237,6 +237,10 @@ async def _runFramed(reactor, options, stdout, stderr, current):
     host = value
     if options.forward_mode is not None:
         framed = ForwardRun(reactor, host, channel, endpoint, options, stdout, stderr, _target(options))
+    elif options.mode in ("push", "pull"):
+        from prokshy.cli.files import FileRun
+
+        framed = FileRun(reactor, host, options, stdout, stderr)
     else:
         framed = FramedRun(reactor, host, options, stdout, stderr)
     if current is not None:

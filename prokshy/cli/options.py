@@ -503,6 +503,11 @@ def parseArgs(argv=None):
     options.unforward = list(options.unforward or [])
     options.forward_mode = _forwardMode(parser, options)
     options.mode = _mode(parser, options)
+    # -- files (issue 11, section 1): --push, --pull, --preserve ------------
+    from prokshy.cli.files import checkFileOptions
+
+    checkFileOptions(parser, options)
+    # -- end of files ----------------------------------------------------------
     query = options.mode != "exec"
     if not query:
         if options.command is None:
