@@ -216,6 +216,8 @@ class AutoChannel(Protocol):
             need = "--status and --info need a prokshy agent"
         elif opts.stdin:
             need = "--stdin needs the framed protocol"
+        elif getattr(opts, "mode", None) in ("push", "pull"):
+            need = "--push and --pull need a prokshy agent"
         elif opts.vm or opts.all_vms:
             need = "--vm and --all-vms need a prokshy-host daemon"
         if need is not None:
