@@ -32,6 +32,8 @@ import _signal
 import fcntl
 import os
 import signal
+import struct
+import termios
 from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet import process as _twistedProcess
@@ -170,8 +172,92 @@ class BigReadProcessReader(_twistedProcess.ProcessReader):
         return None
 
 
+class _TreeSignals:
+    """
+    Signalling a child that leads its own process group (C{pgid}), and
+    the descendants that left it: shared by L{ProcessGroupProcess} and
+    L{PTYProcessGroupProcess}.
+    """
+
+    pgid: Optional[int] = None
+    pid: Optional[int] = None
+    startTime: Optional[float] = None
+    pipeInodes: Any = ()
+    _escaped: Any = None
+
+    def signalGroup(self, signalNumber: int) -> bool:
+        """
+        Send a signal to the child's whole process group.
+
+        @return: C{True} if it was sent, C{False} if the group is gone.
+        """
+        if self.pgid is None:
+            return False
+        try:
+            os.killpg(self.pgid, signalNumber)
+        except (ProcessLookupError, PermissionError):
+            # ESRCH: nobody left.  EPERM: (BSD) only zombies left.  Should
+            # the child somehow not lead a group, still signal the child
+            # itself while it is unreaped (its pid cannot be reused yet).
+            if self.pid is None:
+                return False
+            try:
+                os.kill(self.pid, signalNumber)
+            except OSError:
+                return False
+        return True
+
+    def signalTree(self, signalNumber: int) -> bool:
+        """
+        Send a signal to the child's whole process group and to every
+        descendant that left it.
+
+        On FreeBSD, when the agent is a reaper, the kernel signals the
+        child's whole reaper subtree (C{PROC_REAP_KILL}).  On Linux, the
+        descendants outside the group are found in C{/proc}
+        (L{proctable.findTree}: the child's descendants, and processes
+        holding its stdio pipes), remembered, and signalled through a
+        pidfd after checking their start time; the remembered ones are
+        signalled again on later calls, even once their parent is gone.
+
+        @return: C{True} if anything was signalled.
+        """
+        sent = self.signalGroup(signalNumber)
+        if self.pgid is None:
+            return sent
+        try:
+            if subreaper.FREEBSD:
+                # The subtree id is the child's pid; once the child is
+                # reaped, skip it if a new child of ours has that pid.
+                if self.pid is not None or self.pgid not in _twistedProcess.reapProcessHandlers:
+                    if subreaper.reapKillSubtree(self.pgid, signalNumber):
+                        sent = True
+            elif proctable.haveProc():
+                table = proctable.ProcessTable.read()
+                found = proctable.findTree(
+                    table,
+                    self.pgid,
+                    leader=self.pid,
+                    leaderStart=self.startTime,
+                    pipes=self.pipeInodes,
+                    notAfter=self.startTime,
+                )
+                for pid, start in found.items():
+                    info = table.procs.get(pid)
+                    if info is not None and info.pgid != self.pgid:
+                        self._escaped[pid] = start
+                for pid, start in list(self._escaped.items()):
+                    if proctable.signalVerified(pid, start, signalNumber):
+                        sent = True
+                    else:
+                        del self._escaped[pid]
+        except Exception:
+            _log.failure("could not signal the descendants of pid {pid}", pid=self.pgid)
+        return sent
+
+
 @implementer(IProcessTree)
-class ProcessGroupProcess(_twistedProcess.Process):
+class ProcessGroupProcess(_TreeSignals, _twistedProcess.Process):
     """
     A L{twisted.internet.process.Process} whose child leads its own process
     group.
@@ -288,77 +374,6 @@ class ProcessGroupProcess(_twistedProcess.Process):
                 pass
         self.pgid = self.pid
 
-    def signalGroup(self, signalNumber: int) -> bool:
-        """
-        Send a signal to the child's whole process group.
-
-        @return: C{True} if it was sent, C{False} if the group is gone.
-        """
-        if self.pgid is None:
-            return False
-        try:
-            os.killpg(self.pgid, signalNumber)
-        except (ProcessLookupError, PermissionError):
-            # ESRCH: nobody left.  EPERM: (BSD) only zombies left.  Should
-            # the child somehow not lead a group, still signal the child
-            # itself while it is unreaped (its pid cannot be reused yet).
-            if self.pid is None:
-                return False
-            try:
-                os.kill(self.pid, signalNumber)
-            except OSError:
-                return False
-        return True
-
-    def signalTree(self, signalNumber: int) -> bool:
-        """
-        Send a signal to the child's whole process group and to every
-        descendant that left it.
-
-        On FreeBSD, when the agent is a reaper, the kernel signals the
-        child's whole reaper subtree (C{PROC_REAP_KILL}).  On Linux, the
-        descendants outside the group are found in C{/proc}
-        (L{proctable.findTree}: the child's descendants, and processes
-        holding its stdio pipes), remembered, and signalled through a
-        pidfd after checking their start time; the remembered ones are
-        signalled again on later calls, even once their parent is gone.
-
-        @return: C{True} if anything was signalled.
-        """
-        sent = self.signalGroup(signalNumber)
-        if self.pgid is None:
-            return sent
-        try:
-            if subreaper.FREEBSD:
-                # The subtree id is the child's pid; once the child is
-                # reaped, skip it if a new child of ours has that pid.
-                if self.pid is not None or self.pgid not in _twistedProcess.reapProcessHandlers:
-                    if subreaper.reapKillSubtree(self.pgid, signalNumber):
-                        sent = True
-            elif proctable.haveProc():
-                table = proctable.ProcessTable.read()
-                found = proctable.findTree(
-                    table,
-                    self.pgid,
-                    leader=self.pid,
-                    leaderStart=self.startTime,
-                    pipes=self.pipeInodes,
-                    notAfter=self.startTime,
-                )
-                for pid, start in found.items():
-                    info = table.procs.get(pid)
-                    if info is not None and info.pgid != self.pgid:
-                        self._escaped[pid] = start
-                for pid, start in list(self._escaped.items()):
-                    if proctable.signalVerified(pid, start, signalNumber):
-                        sent = True
-                    else:
-                        del self._escaped[pid]
-        except Exception:
-            _log.failure("could not signal the descendants of pid {pid}", pid=self.pgid)
-        return sent
-
-
 def spawnProcessGroup(
     reactor: Any,
     protocol: IProcessProtocol,
@@ -388,6 +403,150 @@ def spawnProcessGroup(
     )
 
 
+class IPTYProcess(IProcessTree):
+    """
+    A process group on a pty of its own (C{prokshy -t}).
+    """
+
+    def setWindowSize(rows, cols):
+        """
+        Set the pty's size (C{TIOCSWINSZ}): the kernel signals SIGWINCH to
+        its foreground process group.
+        """
+
+    def closeStdin():
+        """
+        The host's EOF: write the pty's VEOF character (^D) once.
+        """
+
+
+def _winsize(rows: int, cols: int) -> bytes:
+    return struct.pack("HHHH", rows, cols, 0, 0)
+
+
+@implementer(IPTYProcess)
+class PTYProcessGroupProcess(_TreeSignals, _twistedProcess.PTYProcess):
+    """
+    A command on a new pty: the session leader (so also its process group
+    leader, C{pgid == pid}), the pty its controlling terminal and its
+    stdin, stdout and stderr.  Its output is read from the pty's master
+    (one stream: stdout); what is written goes to the master.
+
+    Spawned by forking (a pty needs C{setsid} and C{TIOCSCTTY} in the
+    child, which C{posix_spawn} cannot do portably), with every signal
+    blocked across the fork as in L{ProcessGroupProcess}.
+
+    @param rows: the pty's initial rows, and C{cols} its columns: set
+        before the command starts.
+    """
+
+    spawnMethod = "fork"
+    _childSignalMask: Any = ()
+    _eofSent = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        executable: Any,
+        args: List[Any],
+        environment: Dict[str, str],
+        path: Optional[str],
+        proto: IProcessProtocol,
+        rows: int = 24,
+        cols: int = 80,
+    ) -> None:
+        self._escaped = {}
+        master, slave = os.openpty()
+        try:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, _winsize(rows, cols))
+            super().__init__(
+                reactor, executable, args, environment, path, proto,
+                usePTY=(master, slave, None),
+            )
+        except BaseException:
+            for fd in (master, slave):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            raise
+        if self.pid is not None:
+            self.startTime = (
+                proctable.processStart(self.pid) if subreaper.LINUX else proctable.systemUptime()
+            )
+
+    def _setupChild(self, masterfd: int, slavefd: int) -> None:
+        """
+        In the forked child: reset the signals the agent handles in Python,
+        let Twisted make the session and the controlling terminal, then
+        restore the signal mask (see L{ProcessGroupProcess._setupChild}).
+        """
+        for signalNumber in ALL_SIGNALS:
+            handler = _signal.getsignal(signalNumber)
+            if callable(handler):
+                _signal.signal(signalNumber, _signal.SIG_DFL)
+        super()._setupChild(masterfd, slavefd)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, self._childSignalMask)
+
+    def _fork(self, path, uid, gid, executable, args, environment, **kwargs):
+        self._childSignalMask = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
+        try:
+            super()._fork(path, uid, gid, executable, args, environment, **kwargs)
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, self._childSignalMask)
+        # setsid() in the child: the pid is the session's and the group's.
+        self.pgid = self.pid
+
+    def setWindowSize(self, rows: int, cols: int) -> bool:
+        """
+        Set the pty's size; C{False} once it is closed.
+        """
+        if not self.connected or self.fd is None:
+            return False
+        try:
+            fcntl.ioctl(self.fd, termios.TIOCSWINSZ, _winsize(rows, cols))
+        except OSError:
+            return False
+        return True
+
+    def closeStdin(self) -> None:
+        """
+        The host's EOF: a pty has no stdin of its own to close; write its
+        VEOF character (^D by default) once, after what was written.
+        """
+        if self._eofSent or not self.connected:
+            return
+        self._eofSent = True
+        try:
+            veof = termios.tcgetattr(self.fd)[6][termios.VEOF]
+        except (OSError, termios.error):
+            veof = b"\x04"
+        if isinstance(veof, int):
+            veof = bytes([veof])
+        self.write(veof)
+
+
+def spawnPTYProcessGroup(
+    reactor: Any,
+    protocol: IProcessProtocol,
+    executable: str,
+    args: List[Any],
+    environment: Dict[str, str],
+    path: Optional[str],
+    rows: int = 24,
+    cols: int = 80,
+) -> IProcessTransport:
+    """
+    Spawn C{executable} on a new pty of C{rows} x C{cols} (see
+    L{PTYProcessGroupProcess}).
+
+    @return: a L{PTYProcessGroupProcess}, an L{IPTYProcess}.
+    """
+    return PTYProcessGroupProcess(
+        reactor, executable, args, environment, path, protocol, rows=rows, cols=cols
+    )
+
+
 def spawnWithReactor(
     reactor: Any,
     protocol: IProcessProtocol,
@@ -414,3 +573,4 @@ def spawnWithReactor(
 
 
 SpawnFunction = Callable[..., IProcessTransport]
+PTYSpawnFunction = Callable[..., IProcessTransport]

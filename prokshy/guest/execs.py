@@ -5,13 +5,16 @@ command.d command, C{info} streams describe the agent.
 
 An exec stream::
 
-    host -> guest   OPEN {"kind": "exec", "name": NAME, "timeout": SECONDS?}
+    host -> guest   OPEN {"kind": "exec", "name": NAME, "timeout": SECONDS?,
+                          "args": [ARG, ...]?, "tty": {"rows", "cols", "term"}?}
     guest -> host   ACCEPT, or REFUSE {"code": bad-name | no-such-command |
                     not-executable | insecure | busy, "message": ...}
     host -> guest   DATA (stdin) ... EOF          (stdin streams in, any size)
     guest -> host   DATA (stdout), STDERR (stderr) ... EOF,
                     EXIT {"code", "signal", "timed_out", "truncated"}, CLOSE
     host -> guest   SIGNAL {"signal": "TERM"}     (any time: to the process group)
+    host -> guest   SIGNAL {"signal": "WINCH", "rows": R, "cols": C}
+                                                  (a tty exec: the pty's new size)
     host -> guest   CLOSE (after EXIT) or RESET   (a RESET cancels the command)
 
 Commands run at most C{maxConcurrency} at a time; up to C{maxQueue} more
@@ -30,6 +33,10 @@ the command is cancelled, and its end gives the slot back) and C{closed}.
 It has no timers (the execution's are in L{prokshy.guest.execution}).
 Stdin and EOF sent as early data with the OPEN (docs/protocol.md section
 9.2) are held like any stdin that comes before the command runs.
+With C{args} the command gets them as its argv[1:] (no shell); with C{tty}
+it runs on a pty of its own (L{prokshy.guest._process.PTYProcessGroupProcess}):
+its output comes as DATA only, the host's EOF is the pty's VEOF, and a WINCH
+with a size (C{resized}) sets the pty's size, held until the command runs.
 Every (state, input) pair is declared; an empty output list is a deliberate
 "nothing to do" (the stream or the command is gone, or the input cannot
 come in that state)::
@@ -38,6 +45,7 @@ come in that state)::
     abandoned  killSignalled  -> abandoned
     abandoned  lost           -> abandoned
     abandoned  refused        -> abandoned
+    abandoned  resized        -> abandoned
     abandoned  signalled      -> abandoned
     abandoned  slotAcquired   -> abandoned
     abandoned  started        -> abandoned
@@ -47,6 +55,7 @@ come in that state)::
     closed     killSignalled  -> closed
     closed     lost           -> closed
     closed     refused        -> closed
+    closed     resized        -> closed
     closed     signalled      -> closed
     closed     slotAcquired   -> closed
     closed     started        -> closed
@@ -56,6 +65,7 @@ come in that state)::
     running    killSignalled  -> running    _deliverSignal
     running    lost           -> abandoned  _cancelCommand
     running    refused        -> running
+    running    resized        -> running    _resize
     running    signalled      -> running    _deliverSignal
     running    slotAcquired   -> running
     running    started        -> running
@@ -65,6 +75,7 @@ come in that state)::
     starting   killSignalled  -> starting   _holdSignal
     starting   lost           -> starting
     starting   refused        -> closed     _releaseSlot, _abort
+    starting   resized        -> starting   _holdSize
     starting   signalled      -> starting   _holdSignal
     starting   slotAcquired   -> starting
     starting   started        -> running    _hookUp
@@ -74,6 +85,7 @@ come in that state)::
     waiting    killSignalled  -> closed     _cancelSlot, _sendKilledExit
     waiting    lost           -> closed     _cancelSlot
     waiting    refused        -> waiting
+    waiting    resized        -> waiting    _holdSize
     waiting    signalled      -> waiting    _holdSignal
     waiting    slotAcquired   -> starting   _start
     waiting    started        -> waiting
@@ -88,6 +100,7 @@ import socket
 import time
 from collections import deque
 
+import attrs
 from automat import MethodicalMachine
 from twisted.internet.defer import CancelledError, DeferredSemaphore
 from twisted.internet.protocol import Protocol
@@ -100,6 +113,7 @@ from prokshy._loglimit import LogLimiter
 from prokshy.guest.proctable import systemUptime
 from prokshy.execs.interfaces import ICommandSink, ISpawnCounts
 from prokshy.execs.refusals import BUSY, INTERNAL_ERROR, CommandRefused
+from prokshy.execs.request import BadOpen, isWinch, parseArgs, parseTTY, windowSize
 from prokshy.execs.status import ExitStatus
 from prokshy.forward.guestside import KINDS as FORWARD_KINDS
 from prokshy.guest.execution import signalNumber
@@ -111,6 +125,10 @@ from prokshy.streams.throttle import Throttle
 from prokshy.wire import frames
 
 FEATURES = ("exec", "info", "signal", "stderr")
+#: Exec's OPEN arguments (docs/protocol.md): C{args} (argv) and C{tty} (a
+#: pty, with WINCH), which an older guest would ignore: the host checks
+#: these features first.
+EXEC_FEATURES = ("args", "tty")
 _TERMINATING = frozenset(
     getattr(signal, name)
     for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM")
@@ -190,11 +208,15 @@ class ExecStreamProtocol(Protocol):
     log = Logger()
     _machine = MethodicalMachine()
 
-    def __init__(self, runner, slots, name, timeout):
+    def __init__(self, runner, slots, name, timeout, args=(), tty=None):
         self.runner = runner
         self.slots = slots
         self.name = name
         self.timeout = timeout
+        #: The command's arguments (argv[1:]), and its L{TTYRequest} or
+        #: None (docs/protocol.md: exec's C{args} and C{tty}).
+        self.args = tuple(args)
+        self.tty = tty
         self.execution = None
         #: The waiting state's claim on a slot.
         self._slot = None
@@ -266,6 +288,10 @@ class ExecStreamProtocol(Protocol):
         "SIGNAL with a signal that ends a command by default (TERM, KILL, HUP, ...)."
 
     @_machine.input()
+    def resized(self, rows, cols):
+        "SIGNAL WINCH with a size, on a tty exec."
+
+    @_machine.input()
     def commandDone(self, status):
         "The command ended with this ExitStatus."
 
@@ -277,8 +303,15 @@ class ExecStreamProtocol(Protocol):
 
     @_machine.output()
     def _start(self):
+        # Only what the OPEN asked for: a runner of its own (the daemon's
+        # line protocol, tests) need not know about args and tty.
+        extra = {}
+        if self.args:
+            extra["args"] = self.args
+        if self.tty is not None:
+            extra["tty"] = self.tty
         try:
-            execution = self.runner.start(self.name, self, timeout=self.timeout)
+            execution = self.runner.start(self.name, self, timeout=self.timeout, **extra)
         except CommandRefused as e:
             self.refused(e.code, e.message)
             return
@@ -347,6 +380,15 @@ class ExecStreamProtocol(Protocol):
         self.execution.signal(number)
 
     @_machine.output()
+    def _holdSize(self, rows, cols):
+        # The pty is made at the start with the latest size.
+        self.tty = attrs.evolve(self.tty, rows=rows, cols=cols)
+
+    @_machine.output()
+    def _resize(self, rows, cols):
+        self.execution.resize(rows, cols)
+
+    @_machine.output()
     def _sendKilledExit(self, number):
         # Cancelled while waiting: it ends as if killed by that signal,
         # without running.
@@ -391,6 +433,7 @@ class ExecStreamProtocol(Protocol):
     waiting.upon(signalled, enter=waiting, outputs=[_holdSignal])
     waiting.upon(killSignalled, enter=closed, outputs=[_cancelSlot, _sendKilledExit])
     waiting.upon(commandDone, enter=waiting, outputs=[])
+    waiting.upon(resized, enter=waiting, outputs=[_holdSize])
     waiting.upon(lost, enter=closed, outputs=[_cancelSlot])
 
     starting.upon(slotAcquired, enter=starting, outputs=[])
@@ -401,6 +444,7 @@ class ExecStreamProtocol(Protocol):
     starting.upon(signalled, enter=starting, outputs=[_holdSignal])
     starting.upon(killSignalled, enter=starting, outputs=[_holdSignal])
     starting.upon(commandDone, enter=starting, outputs=[])
+    starting.upon(resized, enter=starting, outputs=[_holdSize])
     starting.upon(lost, enter=starting, outputs=[])
 
     running.upon(slotAcquired, enter=running, outputs=[])
@@ -411,6 +455,7 @@ class ExecStreamProtocol(Protocol):
     running.upon(signalled, enter=running, outputs=[_deliverSignal])
     running.upon(killSignalled, enter=running, outputs=[_deliverSignal])
     running.upon(commandDone, enter=closed, outputs=[_releaseSlot, _sendExit])
+    running.upon(resized, enter=running, outputs=[_resize])
     running.upon(lost, enter=abandoned, outputs=[_cancelCommand])
 
     abandoned.upon(slotAcquired, enter=abandoned, outputs=[])
@@ -421,10 +466,11 @@ class ExecStreamProtocol(Protocol):
     abandoned.upon(signalled, enter=abandoned, outputs=[])
     abandoned.upon(killSignalled, enter=abandoned, outputs=[])
     abandoned.upon(commandDone, enter=closed, outputs=[_releaseSlot])
+    abandoned.upon(resized, enter=abandoned, outputs=[])
     abandoned.upon(lost, enter=abandoned, outputs=[])
 
     for _input in (slotAcquired, started, refused, stdinReceived, stdinEnded, signalled,
-                   killSignalled, commandDone, lost):
+                   killSignalled, resized, commandDone, lost):
         closed.upon(_input, enter=closed, outputs=[])
     del _input
 
@@ -440,6 +486,11 @@ class ExecStreamProtocol(Protocol):
         sig = obj.get("signal")
         if not isinstance(sig, (str, int)) or isinstance(sig, bool):
             return
+        if self.tty is not None and isWinch(sig):
+            size = windowSize(obj)
+            if size is not None:
+                self.resized(*size)
+                return
         try:
             number = signalNumber(sig)
         except (ValueError, KeyError):
@@ -509,7 +560,7 @@ class GuestStreams:
         """
         The features the guest's hello lists.
         """
-        return FEATURES + (FILES_FEATURE,) + (FORWARD_KINDS if self.forwards is not None else ())
+        return FEATURES + EXEC_FEATURES + (FILES_FEATURE,) + (FORWARD_KINDS if self.forwards is not None else ())
 
     def forSession(self, opener):
         """
@@ -543,6 +594,11 @@ class GuestStreams:
         if not isinstance(name, str):
             raise StreamRefused("bad-name", "exec needs a command name")
         try:
+            argv = parseArgs(args.get("args"))
+            tty = parseTTY(args.get("tty"))
+        except BadOpen as e:
+            raise StreamRefused("bad-open", str(e))
+        try:
             self.runner.directory.resolve(name)
         except CommandRefused as e:
             if e.code == "insecure":
@@ -551,7 +607,9 @@ class GuestStreams:
         if self.slots.busy:
             e = self.slots.refusal()
             raise StreamRefused(e.code, e.message)
-        return ExecStreamProtocol(self.runner, self.slots, name, timeout)
+        if not argv and tty is None:
+            return ExecStreamProtocol(self.runner, self.slots, name, timeout)
+        return ExecStreamProtocol(self.runner, self.slots, name, timeout, args=argv, tty=tty)
 
     def describe(self):
         """

@@ -141,7 +141,7 @@ from twisted.python.failure import Failure
 from prokshy import _machines
 from prokshy.execs.interfaces import IExecution, IOutputFinished
 from prokshy.execs.status import ExitStatus
-from prokshy.guest._process import IProcessGroup, IProcessTree
+from prokshy.guest._process import IProcessGroup, IProcessTree, IPTYProcess
 
 __all__ = ["Execution", "signalNumber"]
 
@@ -681,6 +681,20 @@ class Execution:
         if self.finished or self._transport is None:
             return False
         return self._signalGroup(number)
+
+    def resize(self, rows: int, cols: int) -> bool:
+        """
+        Set the size of the command's pty (a C{tty} exec: its transport is
+        an L{IPTYProcess<prokshy.guest._process.IPTYProcess>}); the kernel
+        then signals SIGWINCH to the pty's foreground process group.
+
+        @return: whether it was set (C{False} without a pty, or once the
+            command has finished).
+        """
+        transport = self._transport
+        if self.finished or not IPTYProcess.providedBy(transport):
+            return False
+        return bool(transport.setWindowSize(rows, cols))
 
     def cancel(self) -> None:
         """

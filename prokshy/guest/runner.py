@@ -31,13 +31,22 @@ from twisted.logger import Logger
 from prokshy.execs.interfaces import ICommandRunner, ISpawnCounts
 from prokshy.execs.refusals import CommandRefused
 from prokshy.guest.commands import CommandDirectory
-from prokshy.guest._process import IProcessTree, SpawnFunction, spawnProcessGroup, spawnWithReactor
+from prokshy.execs.request import TTYRequest
+from prokshy.guest._process import (
+    IProcessTree,
+    PTYSpawnFunction,
+    SpawnFunction,
+    spawnProcessGroup,
+    spawnPTYProcessGroup,
+    spawnWithReactor,
+)
 from prokshy.guest.execution import Execution, _ExecutionProtocol
 
 __all__ = [
     "COMMAND_ENVIRONMENT",
     "CommandRunner",
     "spawnProcessGroup",
+    "spawnPTYProcessGroup",
     "spawnWithReactor",
 ]
 
@@ -95,6 +104,11 @@ class CommandRunner:
         L{COMMAND_ENVIRONMENT}).
     @param maxRunning: refuse (code C{busy}) beyond this many running
         commands (0: no limit).
+    @param spawnPTY: C{spawnPTY(reactor, protocol, executable, args,
+        environment, path, rows=, cols=) -> IProcessTransport}, for
+        commands run on a pty (C{tty}); the default, with the default
+        C{spawn}, is L{spawnPTYProcessGroup}; with another C{spawn} and no
+        C{spawnPTY} such commands are refused.
 
     @ivar processRecord: if set (a L{prokshy.guest.record.ProcessRecord}),
         each running command is listed in it, so that a later agent can
@@ -116,6 +130,7 @@ class CommandRunner:
         spawn: Optional[SpawnFunction] = None,
         environment: Optional[Dict[str, str]] = None,
         maxRunning: int = 0,
+        spawnPTY: Optional[PTYSpawnFunction] = None,
     ) -> None:
         if not IReactorTime.providedBy(reactor):
             raise TypeError(f"{reactor!r} does not provide IReactorTime")
@@ -125,6 +140,8 @@ class CommandRunner:
                     f"{reactor!r} is not a POSIX reactor providing IReactorProcess"
                 )
             spawn = spawnProcessGroup
+            if spawnPTY is None:
+                spawnPTY = spawnPTYProcessGroup
         if not isinstance(directory, CommandDirectory):
             directory = CommandDirectory(directory)
         self.reactor = reactor
@@ -139,6 +156,7 @@ class CommandRunner:
         )
         self.maxRunning = maxRunning
         self._spawn = spawn
+        self._spawnPTY = spawnPTY
         self._running: Set[Execution] = set()
         #: Commands started, by the spawn path Twisted took (C{posix_spawn},
         #: or C{fork}, about 5x slower: docs/architecture.md); the C{info}
@@ -171,6 +189,8 @@ class CommandRunner:
         sink: Any,
         timeout: Optional[float] = None,
         line: bool = False,
+        args: "tuple[str, ...]" = (),
+        tty: Optional[TTYRequest] = None,
     ) -> Execution:
         """
         Start a command.
@@ -183,6 +203,13 @@ class CommandRunner:
             runner's own limits still apply (see L{limits}).
         @param line: a line-protocol command: L{lineTimeout} and
             L{lineMaxOutput} apply too.
+        @param args: the command's arguments, its argv[1:] (checked by
+            L{prokshy.execs.request.parseArgs}): passed to C{execve} as
+            they are, encoded in UTF-8, never to a shell.
+        @param tty: a L{TTYRequest}: run the command on a new pty of that
+            size, the session leader with the pty as its controlling
+            terminal and its stdin, stdout and stderr (all its output is
+            stdout), C{TERM} set; L{None}: pipes, the fast spawn path.
         @raise CommandRefused: the command was not started.
         """
         path = self.directory.resolve(name)
@@ -205,16 +232,21 @@ class CommandRunner:
         )
         self._running.add(execution)
         execution.done.addBoth(self._forget, execution)
-        argv = [os.path.join(self.directory.path, text)]
+        argv: List[Any] = [os.path.join(self.directory.path, text)]
+        if args:
+            argv.extend(arg.encode("utf-8") for arg in args)
         try:
-            self._spawn(
-                self.reactor,
-                _ExecutionProtocol(execution),
-                path,
-                argv,
-                dict(self.environment),
-                COMMAND_CWD,
-            )
+            if tty is None:
+                self._spawn(
+                    self.reactor,
+                    _ExecutionProtocol(execution),
+                    path,
+                    argv,
+                    dict(self.environment),
+                    COMMAND_CWD,
+                )
+            else:
+                self._spawnOnPTY(execution, text, path, argv, tty)
         except OSError as e:
             self._running.discard(execution)
             raise CommandRefused(
@@ -228,6 +260,27 @@ class CommandRunner:
             self.spawns[transport.spawnMethod] = self.spawns.get(transport.spawnMethod, 0) + 1
         self._record(execution)
         return execution
+
+    def _spawnOnPTY(
+        self, execution: Execution, text: str, path: str, argv: List[Any], tty: TTYRequest
+    ) -> None:
+        if self._spawnPTY is None:
+            self._running.discard(execution)
+            raise CommandRefused(
+                "not-executable", f"command {text!r} cannot run on a tty: this agent has no pty support"
+            )
+        environment = dict(self.environment)
+        environment["TERM"] = tty.term
+        self._spawnPTY(
+            self.reactor,
+            _ExecutionProtocol(execution),
+            path,
+            argv,
+            environment,
+            COMMAND_CWD,
+            rows=tty.rows,
+            cols=tty.cols,
+        )
 
     def _record(self, execution: Execution) -> None:
         record = self.processRecord

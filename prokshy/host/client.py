@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from prokshy._nodelay import noDelay
+from prokshy.execs.request import TTYRequest
 from prokshy.execs.status import ExitStatus
 from prokshy.link.session import Link, LinkConfig, SessionEnded
 from prokshy.streams.interfaces import IExecStreamProtocol
@@ -125,6 +126,12 @@ class RunningExec:
         """
         self.stream.sendControl(frames.SIGNAL, {"signal": sig})
 
+    def resize(self, rows, cols):
+        """
+        A tty exec's new window size: a WINCH SIGNAL with it.
+        """
+        self.stream.sendControl(frames.SIGNAL, {"signal": "WINCH", "rows": rows, "cols": cols})
+
     def cancel(self):
         """
         Abort the stream; the guest kills the command.
@@ -132,13 +139,17 @@ class RunningExec:
         self.stream.abort("cancelled", "cancelled by the client")
 
 
-def _execArgs(name, timeout, vm):
-    args = {"name": name}
+def _execArgs(name, timeout, vm, args=None, tty=None):
+    body = {"name": name}
     if timeout is not None:
-        args["timeout"] = timeout
+        body["timeout"] = timeout
     if vm is not None:
-        args["vm"] = vm
-    return args
+        body["vm"] = vm
+    if args:
+        body["args"] = list(args)
+    if tty is not None:
+        body["tty"] = tty.toOpen() if isinstance(tty, TTYRequest) else dict(tty)
+    return body
 
 
 class Session:
@@ -155,9 +166,16 @@ class Session:
     def connected(self):
         return self.mux.connected
 
-    def execStream(self, name, onStdout, onStderr, timeout=None, vm=None, stdin=None):
+    def execStream(self, name, onStdout, onStderr, timeout=None, vm=None, stdin=None, args=None, tty=None):
         """
         Start C{name}, streaming its output to the callbacks.
+
+        @param args: the command's arguments (its argv[1:], a list of
+            strings), for a guest whose features have C{args}.
+        @param tty: run it on a pty in the guest (a guest with the C{tty}
+            feature): a L{prokshy.execs.request.TTYRequest} (or a dict with
+            C{rows}, C{cols}, C{term}); all its output comes to
+            C{onStdout}, and L{RunningExec.resize} changes the pty's size.
 
         @param stdin: None to stream stdin through the L{RunningExec}; or
             the command's whole stdin (bytes), sent with its EOF along with
@@ -167,12 +185,11 @@ class Session:
             accepted, or failing with L{prokshy.streams.stream.StreamRefused}.
         """
         client = _ExecClient(onStdout, onStderr)
+        body = _execArgs(name, timeout, vm, args, tty)
         if stdin is None:
-            d = self.mux.openStream("exec", _execArgs(name, timeout, vm), client)
+            d = self.mux.openStream("exec", body, client)
         else:
-            d = self.mux.openStream(
-                "exec", _execArgs(name, timeout, vm), client, data=stdin, eof=True
-            )
+            d = self.mux.openStream("exec", body, client, data=stdin, eof=True)
         d.addCallback(lambda stream: RunningExec(stream, client))
         return d
 
