@@ -27,6 +27,7 @@ from prokshy.cli.format import (
 from prokshy.cli.input import CommandInput
 from prokshy.cli.legacy import OutputError
 from prokshy.cli.output import EXIT_PIPE, FlowGate
+from prokshy.cli.progress import ExecProgress
 
 
 class FramedRun:
@@ -52,6 +53,7 @@ class FramedRun:
         self.running = []
         self.outputError = None
         self.input = CommandInput(reactor, options, stdinFD)
+        self.progress = None
         stdout.whenLost(self._stdoutLost)
 
     @property
@@ -139,6 +141,17 @@ class FramedRun:
         return worst
 
     async def _exec(self):
+        # Progress lines (prokshy.cli.progress): stderr (and stdout when
+        # it is the same terminal) erase them before each write.
+        self.progress = ExecProgress(self.reactor, self.options, self.stdout, self.stderr, self.input.fd)
+        self.stdout, self.stderr = self.progress.stdout, self.progress.stderr
+        self.input.progress = self.progress
+        try:
+            return await self._execAll()
+        finally:
+            self.progress.finish()
+
+    async def _execAll(self):
         vms = await self.targets()
         if not vms:
             raise CLIError("the daemon has no VMs", EXIT_TRANSPORT)
@@ -190,8 +203,9 @@ class FramedRun:
         early = None if self.input.streamed else (self.input.data or b"")
         try:
             try:
+                counted = self.progress.counted(onOut, onErr) if self.progress is not None else (onOut, onErr)
                 running = await self.session.execStream(
-                    opts.command, onOut, onErr, timeout=opts.exec_timeout, vm=vm, stdin=early
+                    opts.command, *counted, timeout=opts.exec_timeout, vm=vm, stdin=early
                 )
             except BaseException:
                 opened.callback(None)

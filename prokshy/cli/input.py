@@ -143,8 +143,10 @@ class StdinFanout:
     reading pauses while any of them has no room (credit) for more.
     """
 
-    def __init__(self, reactor, fd, runnings):
+    def __init__(self, reactor, fd, runnings, progress=None):
         self.targets = list(runnings)
+        # The upload's progress line (L{prokshy.cli.progress}), or None.
+        self.progress = progress
         self.source = StdinSource(reactor, fd, self._write, self._end)
         self.gate = FlowGate(self.source)
         for running in self.targets:
@@ -157,10 +159,17 @@ class StdinFanout:
             self.source.stopProducing()
 
     def _write(self, data):
+        if self.progress is not None:
+            self.progress.advance(len(data))
         for running in list(self.targets):
             running.write(data)
 
+    def _finishProgress(self):
+        if self.progress is not None:
+            self.progress.finish()
+
     def _end(self):
+        self._finishProgress()
         targets, self.targets = self.targets, []
         for running in targets:
             running.unregisterProducer()
@@ -174,6 +183,7 @@ class StdinFanout:
                 self.source.stopProducing()
 
     def stop(self):
+        self._finishProgress()
         self.targets = []
         self.gate.close()
         self.source.stopProducing()
@@ -196,6 +206,8 @@ class CommandInput:
         self.data = options.fullData
         self.fd = fd
         self._fanout = None
+        #: L{prokshy.cli.progress.ExecProgress} of the run, or None.
+        self.progress = None
 
     def started(self, running):
         """
@@ -211,7 +223,8 @@ class CommandInput:
         Every command has started (C{runnings}) or been refused.
         """
         if self.streamed and self._fanout is None:
-            self._fanout = StdinFanout(self.reactor, self.fd, runnings)
+            upload = self.progress.startUpload(self.fd) if self.progress is not None else None
+            self._fanout = StdinFanout(self.reactor, self.fd, runnings, upload)
             self._fanout.start()
 
     def stop(self):

@@ -204,6 +204,8 @@ class Progress:
         self.threshold = threshold
         self.state = state
         self.done = 0
+        #: While true the line is not drawn (another line goes first).
+        self.held = False
         self.shown = False
         self.drawn = False
         self.started = clock.seconds()
@@ -318,7 +320,7 @@ class Progress:
         # Keep one sample at or before the start of the window.
         while len(samples) > 2 and samples[1][0] <= now - self.window:
             samples.popleft()
-        if self.done >= self.threshold and (self.state is None or self.state.idle()):
+        if not self.held and self.done >= self.threshold and (self.state is None or self.state.idle()):
             self.redraw()
         else:
             self.wait()
@@ -381,14 +383,27 @@ class Progress:
                 continue
             return stats[:room]
 
-    def summary(self):
+    def summary(self, columns=None):
         """
-        The final line: bytes, time taken, average rate.
+        The final line: bytes, time taken, average rate; fit to C{columns}
+        as L{line} is (the label shortened or dropped, then the rate).
         """
+        if columns is None:
+            columns = self.width()
+        room = max(1, columns - 1)
         took = self.clock.seconds() - self.started
         average = self.done / took if took > 0 else 0.0
-        text = "%s in %s, %s/s" % (formatBytes(self.done), _elapsed(took), formatBytes(average))
-        return (self.label + "  " + text) if self.label else text
+        text = "%s in %s" % (formatBytes(self.done), _elapsed(took))
+        rate = ", %s/s" % (formatBytes(average),)
+        label = self.label
+        free = room - len(text + rate) - 2
+        if len(label) <= free:
+            return (label + "  " + text + rate) if label else text + rate
+        if free >= 8:
+            return label[: free - 3] + "...  " + text + rate
+        if len(text + rate) <= room:
+            return text + rate
+        return text[:room]
 
 
 __doc__ = __doc__ % (_machines.table(Progress._machine),)
@@ -481,8 +496,130 @@ class ProgressOutput:
         self.inner.restore()
 
 
+class _Upload:
+    """
+    What the stdin reader counts into: the upload's line; when it is done,
+    the output's line may be drawn.
+    """
+
+    def __init__(self, progress, after):
+        self.progress = progress
+        self.advance = progress.advance
+        self._after = after
+
+    def finish(self):
+        self.progress.finish()
+        if self._after is not None:
+            self._after.held = False
+
+
+class ExecProgress:
+    """
+    The progress lines of one exec run (one VM or several), and the rule of
+    when each shows:
+
+      - nothing without L{progressWanted} (C{--progress}, or stderr a
+        terminal and no C{--no-progress});
+      - C{stdin}: the bytes of C{--stdin} read and sent (once, for every
+        VM), with the percentage and ETA when stdin is a regular file (its
+        size less its position); in auto mode not when stdin is a terminal
+        (the user is typing on it);
+      - C{output}: the stdout and stderr bytes received from every VM
+        together, once at least L{outputThreshold} bytes have come; in auto
+        mode only when stdout is not a terminal (output on the terminal
+        shows itself); while the C{stdin} line is going, it waits;
+      - one line at a time, for all the VMs together (totals);
+      - the line is erased before anything else is written to stderr, and
+        to stdout when that is the same terminal; it is drawn only when the
+        terminal's cursor is at the start of a line, and (stdout the same
+        terminal) when stdout wrote nothing for a whole tick;
+      - a summary line ends each line that was drawn.
+
+    @ivar stdout: the output to write the commands' stdout to (a
+        L{ProgressOutput} when it is the terminal of the line).
+    @ivar stderr: the same for stderr and the CLI's messages.
+    """
+
+    #: The output line shows only past this many bytes (an ordinary
+    #: command's output never gets one).
+    outputThreshold = 1000000
+
+    def __init__(self, clock, options, stdout, stderr, stdinFD=0):
+        self.clock = clock
+        errFD = outputFD(stderr)
+        outFD = outputFD(stdout)
+        forced = options.progress is True
+        wanted = progressWanted(options, errFD)
+        self.state = LineState()
+        self.stdout = stdout
+        self.stderr = stderr
+        self._write = stderr.write
+        self._errFD = errFD
+        self.upload = None
+        self.output = None
+        self.uploadWanted = bool(wanted and options.stdin and (forced or not isTerminal(stdinFD)))
+        self.outputWanted = bool(wanted and (forced or not isTerminal(outFD)))
+        if not wanted:
+            return
+        self.stderr = ProgressOutput(stderr, self.state)
+        if sameTerminal(outFD, errFD):
+            self.stdout = ProgressOutput(stdout, self.state, stdout=True)
+            if isinstance(stdout, OutputPort):
+                self.state.busy = lambda: stdout.paused
+        if self.outputWanted:
+            self.output = self._line("output", None, self.outputThreshold)
+            self.output.held = self.uploadWanted
+
+    def _width(self):
+        return terminalWidth(self._errFD) if self._errFD is not None else 80
+
+    def _line(self, label, total, threshold):
+        progress = Progress(self.clock, self._write, label, total, self._width, threshold, self.state)
+        for output in (self.stdout, self.stderr):
+            if isinstance(output, ProgressOutput):
+                output.progresses.append(progress)
+        return progress
+
+    def startUpload(self, fd):
+        """
+        Stdin (C{fd}) is about to be streamed: the line to count it in
+        (C{advance}, C{finish}), or L{None}.
+        """
+        if not self.uploadWanted or self.upload is not None:
+            return None
+        self.upload = self._line("stdin", remainingSize(fd), 0)
+        return _Upload(self.upload, self.output)
+
+    def counted(self, onStdout, onStderr):
+        """
+        The sinks of one command, counting into the output line.
+        """
+        output = self.output
+        if output is None:
+            return onStdout, onStderr
+
+        def countedOut(data):
+            output.done += len(data)
+            onStdout(data)
+
+        def countedErr(data):
+            output.done += len(data)
+            onStderr(data)
+
+        return countedOut, countedErr
+
+    def finish(self):
+        """
+        The run is over: end every line (a summary for those drawn).
+        """
+        for progress in (self.upload, self.output):
+            if progress is not None:
+                progress.finish()
+
+
 __all__ = [
     "ERASE",
+    "ExecProgress",
     "LineState",
     "Progress",
     "ProgressOutput",
