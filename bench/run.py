@@ -24,6 +24,8 @@ process group that is killed if the group overruns its deadline):
   loss     bench/streams.py: 1% chunk loss each way against lossless;
   memory   bench/streams.py: the agent's idle RSS, its RSS growth under
            1 GiB of output, its idle CPU;
+  files    bench/files.py: file push and pull (sha256, temporary file,
+           fsync, rename) against one exec stream each way, same VM;
   realvm   the real QEMU rows, read from the JSON file that
            `bash vmtest/run` writes to $PROKSHY_VMTEST_RESULTS
            (--realvm-results FILE; default that variable), else skipped.
@@ -65,13 +67,14 @@ SIZES = {
     "forward": ({"mib": 32, "rawMib": 32}, {"mib": 2, "rawMib": 2}),
     "loss": ({"mib": 16}, {"mib": 1}),
     "memory": ({"outputMib": 1024, "idleSeconds": 10.0}, {"outputMib": 32, "idleSeconds": 1.0}),
+    "files": ({"mib": 64}, {"mib": 4}),
 }
 
 #: Seconds a group may take at most (full run, --quick), whatever happens.
 DEADLINES = {"exec": (300, 120), "streams": (900, 180), "forward": (600, 180), "loss": (600, 180),
-             "memory": (600, 120)}
+             "memory": (600, 120), "files": (600, 120)}
 
-GROUPS = ("exec", "streams", "forward", "loss", "memory", "realvm")
+GROUPS = ("exec", "streams", "forward", "loss", "memory", "files", "realvm")
 
 
 class Row:
@@ -130,6 +133,11 @@ ROWS = [
         "qemu_g2h_raw_host_cpu", "a plain socket loop, raw channel", ("value<=", 0.25), "<= 0.25 s"),
     Row("daemon-cpu-h2g", "daemon CPU per 100 MB relayed, host->guest", "streams", "relay_h2g_daemon_cpu", "s",
         "qemu_h2g_raw_host_cpu", "a plain socket loop, raw channel", ("value<=", 0.25), "<= 0.25 s"),
+    Row("files-push", "file push (--push) vs one exec stream host->guest, qemu mode", "files", "push_MBps",
+        "MB/s", "exec_h2g_MBps", "one exec stream into sink, same run", ("ratio>=", 0.8), "within 20% (>= 0.8x)"),
+    Row("files-pull", "file pull (--pull) vs one exec stream guest->host, qemu mode", "files", "pull_MBps",
+        "MB/s", "exec_g2h_MBps", "one exec stream out of zeros, same run", ("ratio>=", 0.8),
+        "within 20% (>= 0.8x)"),
     # The real QEMU rows are added from the file (see realvmRows); these
     # two stand for them when there is none.
     Row("realvm-g2h", "real QEMU virtio-serial, one stream guest->host", "realvm", "prokshy", "MB/s",
@@ -170,6 +178,10 @@ def worker(name, params):
         return _rig.runReactor(lambda r: streams.measureMemory(r, log=_say, **params))
     if name == "forward":
         return forwardWorker(**params)
+    if name == "files":
+        from bench import files
+
+        return _rig.runReactor(lambda r: files.measure(r, log=_say, **params))
     raise ValueError("no group %r" % (name,))
 
 
