@@ -59,11 +59,28 @@ _SLOWREAD = (
 ) % (CHUNK,)
 
 
+# Reads stdin slowly, telling on stdout every 32 chunks, then its size.
+_SLOWECHO = (
+    "import sys, time\n"
+    "n = 0; i = 0\n"
+    "while True:\n"
+    "    data = sys.stdin.buffer.read1(%d)\n"
+    "    if not data:\n"
+    "        break\n"
+    "    n += len(data)\n"
+    "    if i %% 32 == 0:\n"
+    "        print('got', i // 32, flush=True)\n"
+    "    i += 1\n"
+    "    time.sleep(0.02)\n"
+    "print('done', n, flush=True)\n"
+) % (CHUNK,)
+
+
 def _script(program):
     return "#!/bin/sh\nexec %s -c '%s'\n" % (sys.executable, program.replace("'", "'\\''"))
 
 
-SCRIPTS = dict(DEFAULT_SCRIPTS, slow=_script(_SLOW), slowread=_script(_SLOWREAD))
+SCRIPTS = dict(DEFAULT_SCRIPTS, slow=_script(_SLOW), slowread=_script(_SLOWREAD), slowecho=_script(_SLOWECHO))
 
 EXPECTED_OUT = b"".join(bytes([i % 256]) * CHUNK for i in range(CHUNKS))
 NOTES = ["note %d" % (i,) for i in range(CHUNKS // 16)]
@@ -186,10 +203,11 @@ class ProgressTests(TestCase):
         self.target = ["--socket-path", self.h.vms["vm1"].socketPath]
 
     @inlineCallbacks
-    def cli(self, args, stderr="pty", stdinPath=None, columns=100):
+    def cli(self, args, stderr="pty", stdinPath=None, columns=100, stdout="file"):
         """
-        Run C{prokshy TARGET ARGS}, stdout to a file, stderr to a pty (with
-        C{columns}) or a pipe, stdin from C{stdinPath} or nothing.
+        Run C{prokshy TARGET ARGS}, stdout to a file (or, C{stdout="pty"},
+        the same pty as stderr), stderr to a pty (with C{columns}) or a
+        pipe, stdin from C{stdinPath} or nothing.
 
         @return: C{(stdout bytes, stderr bytes, exit code)}.
         """
@@ -204,6 +222,8 @@ class ProgressTests(TestCase):
             master, slave = os.openpty()
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
             childFDs[2] = slave
+            if stdout == "pty":
+                childFDs[1] = slave
         else:
             childFDs[2] = "r"
         proto = _CLI()
@@ -337,6 +357,31 @@ class ProgressTests(TestCase):
         self.assertEqual(len(screen), 1, screen)
         self.assertSummary(screen[0], "stdin")
         self.assertIn("4.2 MB in", screen[0])
+
+
+    @inlineCallbacks
+    def test_sameTerminal(self):
+        """
+        stdout the same terminal as stderr, C{--stdin} from a file: the
+        upload's line is drawn only between the command's stdout lines
+        (and erased before each), which all stay intact on the screen.
+        """
+        path = os.path.join(self.h.dir, "upload")
+        with open(path, "wb") as f:
+            f.write(b"u" * (CHUNKS * CHUNK))
+        out, err, code = yield self.cli(["--command", "slowecho", "--stdin"], stdinPath=path, stdout="pty")
+        self.assertEqual((out, code), (b"", 0), err)
+        self.assertGreaterEqual(draws(err, "stdin"), 1, err[-2000:])
+        screen = renderScreen(err)
+        summaries = [line for line in screen if line.startswith("stdin  ")]
+        self.assertEqual(len(summaries), 1, screen)
+        self.assertSummary(summaries[0], "stdin")
+        lines = [line for line in screen if not line.startswith("stdin  ")]
+        # (a read may return less than a chunk: at least CHUNKS // 32 lines)
+        self.assertGreaterEqual(len(lines), CHUNKS // 32 + 1, screen)
+        self.assertEqual(lines, ["got %d" % (i,) for i in range(len(lines) - 1)] + ["done %d" % (CHUNKS * CHUNK,)])
+        # no output line: the output is on the terminal
+        self.assertEqual(draws(err, "output"), 0)
 
 
 class DaemonProgressTests(ProgressTests):
