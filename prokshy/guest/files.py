@@ -326,6 +326,7 @@ class FileGetProtocol(Protocol):
         self.digest = Digest()
         self._paused = False
         self._done = False
+        self._pumping = False
         self._call = None
 
     def connectionMade(self):
@@ -339,20 +340,24 @@ class FileGetProtocol(Protocol):
 
     def _pump(self):
         self._call = None
-        for _ in range(CHUNKS_PER_TURN):
-            if self._paused or self._done:
-                return
-            try:
-                chunk = os.read(self.fd, CHUNK)
-            except OSError as e:
-                self._fail("%s: %s" % (self.path, e.strerror or e))
-                return
-            if chunk:
-                self.digest.update(chunk)
-                self.transport.write(chunk)
-            if not chunk or self.digest.size > self.size:
-                self._finish()
-                return
+        self._pumping = True
+        try:
+            for _ in range(CHUNKS_PER_TURN):
+                if self._paused or self._done:
+                    return
+                try:
+                    chunk = os.read(self.fd, CHUNK)
+                except OSError as e:
+                    self._fail("%s: %s" % (self.path, e.strerror or e))
+                    return
+                if chunk:
+                    self.digest.update(chunk)
+                    self.transport.write(chunk)
+                if not chunk or self.digest.size > self.size:
+                    self._finish()
+                    return
+        finally:
+            self._pumping = False
         self._schedule()
 
     def _finish(self):
@@ -390,8 +395,15 @@ class FileGetProtocol(Protocol):
         self._paused = True
 
     def resumeProducing(self):
+        """
+        The stream has room again: send on at once (unless sending now).
+        """
         self._paused = False
-        self._schedule()
+        if self._done or self._pumping:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._pump()
 
     def stopProducing(self):
         if not self._done:

@@ -166,6 +166,7 @@ class FileSource:
         self.onError = onError
         self._paused = False
         self._done = False
+        self._pumping = False
         self._call = None
 
     def start(self):
@@ -173,31 +174,43 @@ class FileSource:
 
     def _pump(self):
         self._call = None
-        for _ in range(CHUNKS_PER_TURN):
-            if self._paused or self._done:
-                return
-            try:
-                data = os.read(self.fd, CHUNK)
-            except OSError as e:
-                self._done = True
-                self.onError(e)
-                return
-            if not data:
-                self._done = True
-                self.onEnd()
-                return
-            self.write(data)
-        self.resumeProducing()
+        self._pumping = True
+        try:
+            for _ in range(CHUNKS_PER_TURN):
+                if self._paused or self._done:
+                    return
+                try:
+                    data = os.read(self.fd, CHUNK)
+                except OSError as e:
+                    self._done = True
+                    self.onError(e)
+                    return
+                if not data:
+                    self._done = True
+                    self.onEnd()
+                    return
+                self.write(data)
+        finally:
+            self._pumping = False
+        # More next turn: the reactor runs in between.
+        if not self._paused and not self._done and self._call is None:
+            self._call = self.clock.callLater(0, self._pump)
 
     def pauseProducing(self):
         self._paused = True
 
     def resumeProducing(self):
+        """
+        Read on at once (the stream has room now), unless already reading.
+        """
         if self._done:
             return
         self._paused = False
-        if self._call is None:
-            self._call = self.clock.callLater(0, self._pump)
+        if self._pumping:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._pump()
 
     def stopProducing(self):
         self._done = True
