@@ -617,9 +617,88 @@ class ExecProgress:
                 progress.finish()
 
 
+class FileProgress:
+    """
+    The progress line of a C{--push} or C{--pull} run: one line for every
+    VM together (bytes moved in all, the sizes summed when all are known),
+    labelled with the remote path, C{PATH (N VMs)} among several.
+
+    When it shows: as L{progressWanted} says, except that in auto mode a
+    C{--pull} to stdout (C{-}) that is a terminal gets none (the file is on
+    the terminal).  Use L{stdout} and L{stderr} instead of the run's own
+    outputs, so that every other write erases the line first.
+
+    @param remote: the remote path, the line's label.
+    @param toStdout: the file goes to stdout (C{--pull REMOTE -}).
+    """
+
+    def __init__(self, clock, options, stdout, stderr, remote, toStdout=False):
+        self.clock = clock
+        self.remote = remote
+        errFD = outputFD(stderr)
+        outFD = outputFD(stdout)
+        self._errFD = errFD
+        self._write = stderr.write
+        forced = options.progress is True
+        self.wanted = bool(
+            progressWanted(options, errFD) and (forced or not (toStdout and isTerminal(outFD)))
+        )
+        self.state = LineState()
+        self.stdout = stdout
+        self.stderr = stderr
+        self.progress = None
+        self.count = 0
+        self._totals = []
+        if not self.wanted:
+            return
+        self.stderr = ProgressOutput(stderr, self.state)
+        if sameTerminal(outFD, errFD):
+            self.stdout = ProgressOutput(stdout, self.state, stdout=True)
+            if isinstance(stdout, OutputPort):
+                self.state.busy = lambda: stdout.paused
+        self.progress = Progress(
+            clock,
+            self._write,
+            remote,
+            None,
+            lambda: terminalWidth(errFD) if errFD is not None else 80,
+            0,
+            self.state,
+        )
+        for output in (self.stdout, self.stderr):
+            if isinstance(output, ProgressOutput):
+                output.progresses.append(self.progress)
+
+    def add(self, total=None):
+        """
+        One more transfer (one VM's), of C{total} bytes if known.
+
+        @return: its C{onProgress(n)} callable (the line's
+            L{Progress.advance}), or L{None} when no line shows.
+        """
+        if self.progress is None:
+            return None
+        self.count += 1
+        self._totals.append(total)
+        progress = self.progress
+        progress.total = None if None in self._totals else sum(self._totals)
+        if self.count > 1:
+            progress.label = _printable("%s (%d VMs)" % (self.remote, self.count))
+        return progress.advance
+
+    def finish(self):
+        """
+        The run is over (every VM's transfer ended): the summary, if a line
+        was drawn.
+        """
+        if self.progress is not None:
+            self.progress.finish()
+
+
 __all__ = [
     "ERASE",
     "ExecProgress",
+    "FileProgress",
     "LineState",
     "Progress",
     "ProgressOutput",

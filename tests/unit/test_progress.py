@@ -579,3 +579,75 @@ class FanoutCountTests(TestCase):
             self.assertEqual(sum(map(len, runnings[1].data)), 200000)
 
         return d.addCallback(check)
+
+
+class FileProgressTests(TestCase):
+    """
+    The line of a --push or --pull run.
+    """
+
+    def test_oneLineForAll(self):
+        """
+        One line for every VM: bytes summed, totals summed, the label says
+        how many VMs.
+        """
+        clock = task.Clock()
+        err = Collector()
+        run = P.FileProgress(clock, _Options(True), Collector(), err, "/srv/x.img")
+        self.assertIsInstance(run.stderr, P.ProgressOutput)
+        a = run.add(1_000_000)
+        self.assertEqual((run.progress.label, run.progress.total), ("/srv/x.img", 1_000_000))
+        b = run.add(1_000_000)
+        self.assertEqual((run.progress.label, run.progress.total), ("/srv/x.img (2 VMs)", 2_000_000))
+        a(500_000)
+        b(500_000)
+        clock.advance(0.25)
+        self.assertEqual(err.chunks[-1], b"\r/srv/x.img (2 VMs)  1.0 MB / 2.0 MB  50%  4.0 MB/s  ETA 0s\x1b[K")
+        run.stderr.write(b"prokshy: vm b: refused\n")
+        self.assertEqual(err.chunks[-2:], [P.ERASE, b"prokshy: vm b: refused\n"])
+        run.add(None)
+        self.assertIsNone(run.progress.total)
+        run.finish()
+        self.assertTrue(err.chunks[-1].endswith(b"\n"))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_notWanted(self):
+        """
+        Not wanted: no line, outputs as they are, C{add} gives None.
+        """
+        clock = task.Clock()
+        err, out = Collector(), Collector()
+        run = P.FileProgress(clock, _Options(False), out, err, "/x")
+        self.assertEqual((run.add(10), run.stdout, run.stderr), (None, out, err))
+        run.finish()
+        run = P.FileProgress(clock, _Options(None), out, err, "/x")
+        self.assertIsNone(run.add(10))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_pullToTerminal(self):
+        """
+        Auto mode: a pull to stdout that is a terminal gets no line; a pull
+        to a file does, with stderr a terminal.
+        """
+        from twisted.internet import reactor
+
+        from prokshy.cli.output import OutputPort
+
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(os.close, slave)
+        other = os.dup(slave)
+        self.addCleanup(os.close, other)
+        err, out = OutputPort(reactor, slave, "stderr"), OutputPort(reactor, other, "stdout")
+        for p in (err, out):
+            self.addCleanup(p.restore)
+            self.addCleanup(p.abort)
+        clock = task.Clock()
+        self.assertFalse(P.FileProgress(clock, _Options(None), out, err, "/x", toStdout=True).wanted)
+        self.assertTrue(P.FileProgress(clock, _Options(True), out, err, "/x", toStdout=True).wanted)
+        run = P.FileProgress(clock, _Options(None), out, err, "/x")
+        self.assertTrue(run.wanted)
+        self.assertIsInstance(run.stdout, P.ProgressOutput)
+        run.finish()
+        run = P.FileProgress(clock, _Options(True), out, err, "/x", toStdout=True)
+        run.finish()
