@@ -149,7 +149,8 @@ class FramedRun:
         try:
             return await self._execAll()
         finally:
-            self.progress.finish()
+            # Stdout's reader gone (| head): quietly, as the CLI exits.
+            self.progress.finish(quiet=self.outputError is not None)
 
     async def _execAll(self):
         vms = await self.targets()

@@ -261,6 +261,14 @@ class Progress:
         ever drawn.  Idempotent.
         """
 
+    @_machine.input()
+    def cancel(self):
+        """
+        The transfer is over, quietly: the line is erased, no summary
+        (stdout's reader went away: the CLI exits without a word).
+        Idempotent.
+        """
+
     @_machine.output()
     def _armTick(self):
         self._call = self.clock.callLater(self.interval, self._tick)
@@ -282,6 +290,11 @@ class Progress:
         self.shown = False
 
     @_machine.output()
+    def _eraseOwn(self):
+        self.write(ERASE)
+        self.shown = False
+
+    @_machine.output()
     def _summarize(self):
         # Over the line if it is shown, else on a line of its own.
         lead = b"\r" if self.shown or self.state is None or self.state.atLineStart else b"\n"
@@ -296,19 +309,23 @@ class Progress:
     quiet.upon(wait, enter=quiet, outputs=[_armTick])
     quiet.upon(clear, enter=quiet, outputs=[_ignore])
     quiet.upon(finish, enter=finished, outputs=[_cancelTick])
+    quiet.upon(cancel, enter=finished, outputs=[_cancelTick])
     visible.upon(redraw, enter=visible, outputs=[_draw, _armTick])
     visible.upon(wait, enter=visible, outputs=[_armTick])
     visible.upon(clear, enter=hidden, outputs=[_erase])
     visible.upon(finish, enter=finished, outputs=[_cancelTick, _summarize])
+    visible.upon(cancel, enter=finished, outputs=[_cancelTick, _eraseOwn])
     hidden.upon(redraw, enter=visible, outputs=[_draw, _armTick])
     hidden.upon(wait, enter=hidden, outputs=[_armTick])
     hidden.upon(clear, enter=hidden, outputs=[_ignore])
     hidden.upon(finish, enter=finished, outputs=[_cancelTick, _summarize])
+    hidden.upon(cancel, enter=finished, outputs=[_cancelTick])
     # A tick cannot come once finished (its timer was cancelled): ignored.
     finished.upon(redraw, enter=finished, outputs=[])
     finished.upon(wait, enter=finished, outputs=[])
     finished.upon(clear, enter=finished, outputs=[_ignore])
     finished.upon(finish, enter=finished, outputs=[])
+    finished.upon(cancel, enter=finished, outputs=[])
 
     # -- the timer ----------------------------------------------------------------
 
@@ -608,13 +625,17 @@ class ExecProgress:
 
         return countedOut, countedErr
 
-    def finish(self):
+    def finish(self, quiet=False):
         """
-        The run is over: end every line (a summary for those drawn).
+        The run is over: end every line (a summary for those drawn, or,
+        C{quiet}, only erased: stdout's reader went away).
         """
         for progress in (self.upload, self.output):
             if progress is not None:
-                progress.finish()
+                if quiet:
+                    progress.cancel()
+                else:
+                    progress.finish()
 
 
 class FileProgress:

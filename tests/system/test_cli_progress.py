@@ -177,13 +177,21 @@ class _PtyReader:
 
 
 class _CLI(ProcessProtocol):
-    def __init__(self):
+    def __init__(self, closeOutAfter=None):
         self.err = []
+        self.out = 0
+        self.closeOutAfter = closeOutAfter
         self.ended = Deferred()
 
     def childDataReceived(self, fd, data):
         if fd == 2:
             self.err.append(data)
+        elif fd == 1:
+            self.out += len(data)
+            if self.closeOutAfter is not None and self.out >= self.closeOutAfter:
+                # the reader goes away, as | head does
+                self.closeOutAfter = None
+                self.transport.closeChildFD(1)
 
     def processEnded(self, reason):
         code = reason.value.exitCode
@@ -217,6 +225,10 @@ class ProgressTests(TestCase):
         inFD = os.open(stdinPath if stdinPath else os.devnull, os.O_RDONLY)
         self.addCleanup(os.close, inFD)
         childFDs = {0: inFD, 1: outFD}
+        closeOutAfter = None
+        if isinstance(stdout, int):
+            # a pipe whose reader closes after this many bytes
+            childFDs[1], closeOutAfter = "r", stdout
         reader = None
         if stderr == "pty":
             master, slave = os.openpty()
@@ -226,7 +238,7 @@ class ProgressTests(TestCase):
                 childFDs[1] = slave
         else:
             childFDs[2] = "r"
-        proto = _CLI()
+        proto = _CLI(closeOutAfter)
         process = reactor.spawnProcess(
             proto,
             sys.executable,
@@ -382,6 +394,20 @@ class ProgressTests(TestCase):
         self.assertEqual(lines, ["got %d" % (i,) for i in range(len(lines) - 1)] + ["done %d" % (CHUNKS * CHUNK,)])
         # no output line: the output is on the terminal
         self.assertEqual(draws(err, "output"), 0)
+
+
+    @inlineCallbacks
+    def test_readerGone(self):
+        """
+        stdout's reader goes away (C{| head}): the CLI exits 141 quietly,
+        the line erased and no summary.
+        """
+        out, err, code = yield self.cli(["--command", "slow", "--from-string", ""], stdout=2 * 1024 * 1024)
+        self.assertEqual(code, 141, err)
+        self.assertGreaterEqual(draws(err, "output"), 1, err[-2000:])
+        self.assertNotIn(b" in ", err.split(b"note")[-1])
+        screen = renderScreen(err)
+        self.assertEqual(screen, NOTES[: len(screen)], screen)
 
 
 class DaemonProgressTests(ProgressTests):

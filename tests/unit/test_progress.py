@@ -651,3 +651,37 @@ class FileProgressTests(TestCase):
         run.finish()
         run = P.FileProgress(clock, _Options(True), out, err, "/x", toStdout=True)
         run.finish()
+
+
+class CancelTests(TestCase):
+    def test_cancel(self):
+        """
+        L{Progress.cancel}: the line erased, no summary, no timer; then
+        nothing more.
+        """
+        clock = task.Clock()
+        progress, written = _line(clock)
+        progress.advance(10)
+        clock.advance(0.25)
+        progress.cancel()
+        self.assertEqual(written[1:], [P.ERASE])
+        progress.finish()
+        progress.cancel()
+        clock.advance(1)
+        self.assertEqual(written[1:], [P.ERASE])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_execQuiet(self):
+        """
+        L{ExecProgress.finish} with C{quiet}: every line cancelled.
+        """
+        clock = task.Clock()
+        err = Collector()
+        run = P.ExecProgress(clock, _Options(True), Collector(), err, 0)
+        out, _ = run.counted(len, len)
+        out(b"x" * 2_000_000)
+        clock.advance(0.25)
+        self.assertEqual(len(err.chunks), 1)
+        run.finish(quiet=True)
+        self.assertEqual(err.chunks[1:], [P.ERASE])
+        self.assertEqual(clock.getDelayedCalls(), [])
