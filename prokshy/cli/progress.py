@@ -677,49 +677,83 @@ class FileProgress:
             self.stdout = ProgressOutput(stdout, self.state, stdout=True)
             if isinstance(stdout, OutputPort):
                 self.state.busy = lambda: stdout.paused
-        self.progress = Progress(
-            clock,
-            self._write,
-            remote,
-            None,
-            lambda: terminalWidth(errFD) if errFD is not None else 80,
-            0,
-            self.state,
-        )
-        for output in (self.stdout, self.stderr):
-            if isinstance(output, ProgressOutput):
-                output.progresses.append(self.progress)
 
     def add(self, total=None):
         """
-        One more transfer (one VM's), of C{total} bytes if known.
+        One more transfer (one VM's), of C{total} bytes if known (a pull
+        learns it from the header: L{FileTransfer.setTotal}).
 
-        @return: its C{onProgress(n)} callable (the line's
-            L{Progress.advance}), or L{None} when no line shows.
+        @return: a L{FileTransfer}: pass its C{advance} (L{None} when no
+            line shows) as the transfer's C{onProgress}.
         """
+        if not self.wanted:
+            return FileTransfer(None, None, None)
         if self.progress is None:
-            return None
-        self.count += 1
+            # The line (and its timer) from the first transfer on.
+            errFD = self._errFD
+            self.progress = Progress(
+                self.clock,
+                self._write,
+                self.remote,
+                None,
+                lambda: terminalWidth(errFD) if errFD is not None else 80,
+                0,
+                self.state,
+            )
+            for output in (self.stdout, self.stderr):
+                if isinstance(output, ProgressOutput):
+                    output.progresses.append(self.progress)
+        index = len(self._totals)
         self._totals.append(total)
-        progress = self.progress
-        progress.total = None if None in self._totals else sum(self._totals)
+        self.count += 1
         if self.count > 1:
-            progress.label = _printable("%s (%d VMs)" % (self.remote, self.count))
-        return progress.advance
+            self.progress.label = _printable("%s (%d VMs)" % (self.remote, self.count))
+        self._sum()
+        return FileTransfer(self, index, self.progress.advance)
 
-    def finish(self):
+    def _sum(self):
+        self.progress.total = None if None in self._totals else sum(self._totals)
+
+    def finish(self, quiet=False):
         """
         The run is over (every VM's transfer ended): the summary, if a line
-        was drawn.
+        was drawn (or, C{quiet}, the line only erased: stdout's reader went
+        away).
         """
         if self.progress is not None:
-            self.progress.finish()
+            if quiet:
+                self.progress.cancel()
+            else:
+                self.progress.finish()
+
+
+class FileTransfer:
+    """
+    One VM's transfer on a L{FileProgress} line.
+
+    @ivar advance: C{advance(n)}, the C{onProgress} to give the transfer, or
+        L{None} when no line shows.
+    """
+
+    def __init__(self, line, index, advance):
+        self._line = line
+        self._index = index
+        self.advance = advance
+
+    def setTotal(self, total):
+        """
+        The transfer's size became known (a pull's header).
+        """
+        if self._line is not None:
+            self._line._totals[self._index] = total
+            self._line._sum()
 
 
 __all__ = [
     "ERASE",
     "ExecProgress",
     "FileProgress",
+    "FileTransfer",
     "LineState",
     "Progress",
     "ProgressOutput",

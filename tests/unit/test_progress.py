@@ -597,10 +597,12 @@ class FileProgressTests(TestCase):
         self.assertIsInstance(run.stderr, P.ProgressOutput)
         a = run.add(1_000_000)
         self.assertEqual((run.progress.label, run.progress.total), ("/srv/x.img", 1_000_000))
-        b = run.add(1_000_000)
-        self.assertEqual((run.progress.label, run.progress.total), ("/srv/x.img (2 VMs)", 2_000_000))
-        a(500_000)
-        b(500_000)
+        b = run.add(None)
+        self.assertEqual((run.progress.label, run.progress.total), ("/srv/x.img (2 VMs)", None))
+        b.setTotal(1_000_000)
+        self.assertEqual(run.progress.total, 2_000_000)
+        a.advance(500_000)
+        b.advance(500_000)
         clock.advance(0.25)
         self.assertEqual(err.chunks[-1], b"\r/srv/x.img (2 VMs)  1.0 MB / 2.0 MB  50%  4.0 MB/s  ETA 0s\x1b[K")
         run.stderr.write(b"prokshy: vm b: refused\n")
@@ -618,10 +620,12 @@ class FileProgressTests(TestCase):
         clock = task.Clock()
         err, out = Collector(), Collector()
         run = P.FileProgress(clock, _Options(False), out, err, "/x")
-        self.assertEqual((run.add(10), run.stdout, run.stderr), (None, out, err))
+        transfer = run.add(10)
+        self.assertEqual((transfer.advance, run.stdout, run.stderr), (None, out, err))
+        transfer.setTotal(20)
         run.finish()
         run = P.FileProgress(clock, _Options(None), out, err, "/x")
-        self.assertIsNone(run.add(10))
+        self.assertIsNone(run.add(10).advance)
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_pullToTerminal(self):
@@ -650,7 +654,10 @@ class FileProgressTests(TestCase):
         self.assertIsInstance(run.stdout, P.ProgressOutput)
         run.finish()
         run = P.FileProgress(clock, _Options(True), out, err, "/x", toStdout=True)
-        run.finish()
+        run.add(None).advance(2000)
+        clock.advance(0.25)
+        run.finish(quiet=True)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class CancelTests(TestCase):
