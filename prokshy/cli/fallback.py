@@ -95,12 +95,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 
 from prokshy._nodelay import noDelay
+from prokshy.cli import records
 from prokshy.cli.format import (
     EXIT_NO_ANSWER,
     EXIT_TRANSPORT,
     CLIError,
     closedMessage,
-    jsonLine,
     lateAfterOutputMessage,
     legacyRecord,
     noAnswerMessage,
@@ -207,27 +207,36 @@ class AutoChannel(Protocol):
         opts = self.options
         wait = seconds(opts.fallback_after)
         if not self.canFallBack:
-            self.giveUp(CLIError("no framed hello answer within %s" % (wait,), EXIT_TRANSPORT))
+            self.giveUp(CLIError("no framed hello answer within %s" % (wait,), EXIT_TRANSPORT, "no-answer"))
             return
         need = None
         if opts.forward_mode is not None:
             need = "forwarding needs a prokshy agent or daemon"
         elif opts.status or opts.info:
             need = "--status and --info need a prokshy agent"
+        elif getattr(opts, "mode", None) == "list":
+            need = "--list needs a prokshy agent (the original agent cannot list its commands)"
         elif opts.stdin:
             need = "--stdin needs the framed protocol"
+        elif opts.tty:
+            need = "-t needs a prokshy agent (the original agent has no terminals)"
+        elif opts.args:
+            need = (
+                "the original agent cannot take arguments (ARG...): the command was not "
+                "run without them"
+            )
         elif getattr(opts, "mode", None) in ("push", "pull"):
             need = "--push and --pull need a prokshy agent"
         elif opts.vm or opts.all_vms:
             need = "--vm and --all-vms need a prokshy-host daemon"
         if need is not None:
-            self.giveUp(CLIError("no framed hello answer within %s: %s" % (wait, need), EXIT_TRANSPORT))
+            self.giveUp(CLIError("no framed hello answer within %s: %s" % (wait, need), EXIT_TRANSPORT, "no-answer"))
         else:
             self.fallBack()
 
     def _switchExpired(self, wait):
         self._switchCall = None
-        self.giveUp(CLIError("no framed hello answer within %s" % (seconds(wait),), EXIT_TRANSPORT))
+        self.giveUp(CLIError("no framed hello answer within %s" % (seconds(wait),), EXIT_TRANSPORT, "no-answer"))
 
     def _sessionUp(self, host):
         if host is self.host:
@@ -259,7 +268,7 @@ class AutoChannel(Protocol):
         if "error" in hello:
             if hello.get("peer") != self._nonce:
                 return False
-            self.giveUp(CLIError("refused: %s" % (str(hello["error"])[:200],), EXIT_TRANSPORT))
+            self.giveUp(CLIError("refused: %s" % (str(hello["error"])[:200],), EXIT_TRANSPORT, "session-refused"))
             return True
         written = self.legacy.outputBytes
         if written:
@@ -446,7 +455,7 @@ class AutoChannel(Protocol):
     @_machine.output()
     def _writeLineJSON(self):
         if self._collector is not None:
-            self.output.write(jsonLine(legacyRecord(self.options.command, self._collector.getvalue())))
+            records.writeLine(self.output.write, legacyRecord(self.options.command, b""), self._collector.getvalue())
 
     @_machine.output()
     def _decideFramed(self):
@@ -463,7 +472,7 @@ class AutoChannel(Protocol):
     @_machine.output()
     def _decideSessionFailure(self, failure):
         if failure.check(SessionRefused):
-            self.decided.errback(CLIError("refused: %s" % (failure.value,), EXIT_TRANSPORT))
+            self.decided.errback(CLIError("refused: %s" % (failure.value,), EXIT_TRANSPORT, "session-refused"))
         elif failure.check(SessionEnded):
             self.decided.errback(CLIError(closedMessage(self._lostReason), EXIT_TRANSPORT))
         else:
@@ -476,7 +485,7 @@ class AutoChannel(Protocol):
     @_machine.output()
     def _decideNoAnswer(self):
         message = noAnswerMessage(self.options, self.target, self.legacy.endedBy)
-        self.decided.errback(CLIError(message, EXIT_NO_ANSWER))
+        self.decided.errback(CLIError(message, EXIT_NO_ANSWER, "no-answer"))
 
     # -- the table --------------------------------------------------------
 

@@ -9,14 +9,14 @@ With a prokshy-host daemon (the peer's hello says C{"server":
 
   - C{--forward}/C{--reverse}: C{forward-add} for each, in command-line
     order; each new forward's id on its own line of stdout (with C{--json},
-    its row as one JSON line); exit 0.  A refusal (a bad SPEC, no such VM,
+    one record, L{prokshy.cli.records}, whose C{forwards} lists the rows
+    added); exit 0.  A refusal (a bad SPEC, no such VM,
     the host cannot listen, the guest's allowlist, ...) is one line on
     stderr, C{prokshy: forward SPEC: CODE: MESSAGE} (C{reverse SPEC} for a
     C{--reverse}), and exit 1; the forwards before it stay added, the ones
     after it are not tried.
-  - C{--forwards}: L{formatForwards}' table, or with C{--json} one JSON
-    object per forward and line (nothing at all when there is none; the
-    table says C{no forwards}).
+  - C{--forwards}: L{formatForwards}' table (C{no forwards} when there is
+    none), or with C{--json} one record whose C{forwards} lists the rows.
   - C{--unforward ID}: C{forward-remove}; prints nothing; exit 0, or 1 with
     the daemon's message (C{prokshy: unforward ID: no-such-forward: ...}).
 
@@ -27,8 +27,8 @@ C{VM=} is ignored: the socket names the VM) that reconnects whenever the VM
 goes away, and a L{prokshy.forward.hostside.ForwardTable} holding the
 forwards as configuration.  Each event the table reports (a forward set up,
 a connection the guest refused and why, a failure, waiting for the VM) is
-one line on stderr (with C{--json}, a JSON line on stdout: the forward's
-row and C{"message"}).  SIGINT or SIGTERM stops it: the listeners close,
+one line on stderr (with C{--json}, a JSON line on stdout: C{{"event":
+"forward", "vm": "default", "forward": ROW, "message": TEXT}}).  SIGINT or SIGTERM stops it: the listeners close,
 the session says GOODBYE, and the CLI exits 130.  C{--forwards} and
 C{--unforward} need a daemon: on a VM's socket they are usage errors.
 """
@@ -37,11 +37,13 @@ import attrs
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 
+from prokshy.cli import records
 from prokshy.cli.format import (
     EXIT_TRANSPORT,
     EXIT_USAGE,
     CLIError,
-    exitFor,
+    exitStatus,
+    failureOf,
     jsonLine,
     messageLine,
 )
@@ -182,62 +184,88 @@ class DaemonForwards:
             return await self._list()
         return await self._remove()
 
-    async def _refusable(self, what, d):
+    @property
+    def reserved(self):
+        return bool(getattr(self.options, "reserved_exit_codes", False))
+
+    def _record(self, rows):
+        """
+        The mode's one C{--json} record (L{records}): C{forwards} holds the
+        rows listed, added or removed (before a failure, on a failure).
+        """
+        vm = self.options.vm[0] if self.options.vm and len(self.options.vm) == 1 else None
+        return records.record("forwards", vm, ok=True, forwards=list(rows))
+
+    def _finish(self, record, code):
+        if self.options.json:
+            self.stdout.write(records.line(record))
+        return code
+
+    async def _refusable(self, what, d, record):
         """
         Wait for a control stream's answer.
 
         @return: C{(answer, None)}, or C{(None, exit code)} after saying why
-            it failed.
+            it failed (with C{--json}, in C{record} instead).
         """
         try:
             return await d, None
         except StreamRefused as e:
-            self.say(refusalLine(what, e))
-            return None, EXIT_REFUSED
+            failure, message, code = e.code, refusalLine(what, e), EXIT_REFUSED
         except NotConnected as e:
-            self.say("%s: the session ended: %s" % (what, e))
-            return None, EXIT_TRANSPORT
+            failure, message, code = "transport", "%s: the session ended: %s" % (what, e), EXIT_TRANSPORT
         except Exception as e:
-            code = exitFor(Failure(e))
-            if code is None:
+            known = failureOf(Failure(e))
+            if known is None:
                 raise
-            self.say("%s: %s" % (what, code[1]))
-            return None, code[0]
+            failure, message = known
+            message = "%s: %s" % (what, message)
+            code = exitStatus(failure)
+        if self.reserved:
+            code = exitStatus(failure, True)
+        records.failed(record, code, failure, message)
+        if not self.options.json:
+            self.say(message)
+        return None, code
 
     async def _add(self):
         opts = self.options
         vm = opts.vm[0] if opts.vm else None
+        added = []
+        record = self._record(added)
         for request in opts.forward_specs:
             what = "%s %s" % (request.direction, request.text)
-            row, code = await self._refusable(what, self.session.forwardAdd(request.direction, request.text, vm=vm))
+            row, code = await self._refusable(
+                what, self.session.forwardAdd(request.direction, request.text, vm=vm), record
+            )
             if code is not None:
-                return code
-            if opts.json:
-                self.stdout.write(jsonLine(row))
-            else:
+                return self._finish(record, code)
+            record["forwards"].append(row)
+            if not opts.json:
                 self.stdout.write(("%s\n" % (row.get("id"),)).encode("utf-8"))
-        return EXIT_OK
+        return self._finish(record, EXIT_OK)
 
     async def _list(self):
-        rows, code = await self._refusable("forwards", self.session.forwardList())
+        record = self._record([])
+        rows, code = await self._refusable("forwards", self.session.forwardList(), record)
         if code is not None:
-            return code
+            return self._finish(record, code)
         wanted = self.options.vm
         if wanted:
             rows = [row for row in rows if row.get("vm") in wanted]
-        if self.options.json:
-            for row in rows:
-                self.stdout.write(jsonLine(row))
-        else:
+        record["forwards"] = list(rows)
+        if not self.options.json:
             self.stdout.write(formatForwards(rows).encode("utf-8"))
-        return EXIT_OK
+        return self._finish(record, EXIT_OK)
 
     async def _remove(self):
+        record = self._record([])
         for fid in self.options.unforward:
-            row, code = await self._refusable("unforward %s" % (fid,), self.session.forwardRemove(fid))
+            row, code = await self._refusable("unforward %s" % (fid,), self.session.forwardRemove(fid), record)
             if code is not None:
-                return code
-        return EXIT_OK
+                return self._finish(record, code)
+            record["forwards"].append(row)
+        return self._finish(record, EXIT_OK)
 
 
 class Foreground:
@@ -265,7 +293,8 @@ class Foreground:
 
     def _event(self, row, message):
         if self.options.json:
-            self.stdout.write(jsonLine(dict(row, message=message)))
+            # An event of the foreground mode (docs/cli.md): not a record.
+            self.stdout.write(jsonLine({"event": "forward", "vm": VM_NAME, "forward": row, "message": message}))
         else:
             self.stderr.write(messageLine("%s: %s" % (describe(row), _oneLine(message))))
 

@@ -48,7 +48,8 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from prokshy.cli.fallback import AutoChannel
-from prokshy.cli.format import EXIT_TRUNCATED, CLIError, jsonLine, legacyRecord, messageLine
+from prokshy.cli import records
+from prokshy.cli.format import EXIT_TRUNCATED, CLIError, exitStatus, legacyRecord, messageLine
 from prokshy.cli.forwards import ForwardRun
 from prokshy.cli.framed import FramedRun
 from prokshy.cli.legacy import OutputError, runLegacy
@@ -103,24 +104,61 @@ def _report(message, stderr=None):
     stderr.flush()
 
 
-def exitCodeForFailure(failure, socketPath, stderr=None):
+def exitCodeForFailure(failure, socketPath, stderr=None, options=None, stdout=None):
     """
     Turn an expected failure of the exchange into an exit code, reporting it
-    on stderr in one line. Unexpected failures are returned unchanged.
+    on stderr in one line (with C{--json}, as a record on C{stdout}
+    instead). Unexpected failures are returned unchanged.
 
     A closed output pipe is L{EXIT_PIPE}, without a message.
     """
     if failure.check(error.ConnectError, OSError):
         reason = _describeConnectError(failure.value)
-        _report(f"cannot connect to {socketPath}: {reason}", stderr)
-        return EXIT_FAILURE
+        return _failedRun(options, stdout, stderr, "connect-failed",
+                          f"cannot connect to {socketPath}: {reason}", EXIT_FAILURE)
     if failure.check(OutputError):
         e = failure.value.error
         if isClosedPipe(e):
-            return EXIT_PIPE
+            return _exitCode(options, "stdout-closed", EXIT_PIPE)
         _report(f"cannot write output: {getattr(e, 'strerror', None) or e}", stderr)
-        return EXIT_FAILURE
+        return _exitCode(options, "output", EXIT_FAILURE)
     return failure
+
+
+# -- --json records and --reserved-exit-codes for failures before any mode ran --
+
+
+def _reserved(options):
+    return bool(getattr(options, "reserved_exit_codes", False))
+
+
+def _exitCode(options, failure, default):
+    """
+    The exit code of prokshy's own failure C{failure}: C{default}, or its
+    reserved code with C{--reserved-exit-codes} (docs/cli.md).
+    """
+    return exitStatus(failure, True) if _reserved(options) else default
+
+
+def _failedRun(options, stdout, stderr, failure, message, default):
+    """
+    A failure of the whole run (nothing reached a VM, or the run could not
+    go on): with C{--json} one record per VM named (one with C{vm} null
+    otherwise) on C{stdout}, else the message on stderr.
+
+    @return: the exit code.
+    """
+    code = _exitCode(options, failure, default)
+    if options is not None and stdout is not None and options.json:
+        mode = getattr(options, "mode", None) or "exec"
+        for vm in list(options.vm or [None]):
+            extra = {"command": options.command} if mode == "exec" else {}
+            r = records.record(mode, vm, protocol=None, **extra)
+            records.failed(r, code, failure, message)
+            stdout.write(records.line(r))
+    else:
+        _report(message, stderr)
+    return code
 
 
 def _target(options):
@@ -200,18 +238,19 @@ async def _run(reactor, options, output, errors, current):
         await stderr.close()
         return EXIT_FAILURE
     try:
+        records.streamEvents(getattr(options, "json_stream", False))
         try:
             if options.protocol == "legacy":
                 code = await _runLegacy(reactor, options, stdout)
             else:
                 code = await _runFramed(reactor, options, stdout, stderr, current)
         except Exception:
-            code = exitCodeForFailure(Failure(), _target(options), stderr)
+            code = exitCodeForFailure(Failure(), _target(options), stderr, options, stdout)
             if isinstance(code, Failure):
                 code.raiseException()
         await stdout.close()
-        if stdout.lost and code != EXIT_PIPE:
-            code = exitCodeForFailure(Failure(OutputError(stdout.error)), None, stderr)
+        if stdout.lost and code not in (EXIT_PIPE, _exitCode(options, "stdout-closed", EXIT_PIPE)):
+            code = exitCodeForFailure(Failure(OutputError(stdout.error)), None, stderr, options)
         await stderr.close()
     finally:
         stdout.restore()
@@ -223,15 +262,13 @@ async def _runFramed(reactor, options, stdout, stderr, current):
     try:
         endpoint = _endpoint(reactor, options)
     except CLIError as e:
-        _report(e.message, stderr)
-        return e.code
+        return _failedRun(options, stdout, stderr, e.failure, e.message, e.code)
     channel = AutoChannel(reactor, options, stdout, _target(options))
     await endpoint.connect(Factory.forProtocol(lambda: channel))
     try:
         mode, value = await channel.decided
     except CLIError as e:
-        _report(e.message, stderr)
-        return e.code
+        return _failedRun(options, stdout, stderr, e.failure, e.message, e.code)
     if mode == "legacy":
         return value
     host = value
@@ -241,6 +278,10 @@ async def _runFramed(reactor, options, stdout, stderr, current):
         from prokshy.cli.files import FileRun
 
         framed = FileRun(reactor, host, options, stdout, stderr)
+    elif options.tty:
+        from prokshy.cli.tty import TTYRun
+
+        framed = TTYRun(reactor, host, options, stdout, stderr)
     else:
         framed = FramedRun(reactor, host, options, stdout, stderr)
     if current is not None:
@@ -248,8 +289,7 @@ async def _runFramed(reactor, options, stdout, stderr, current):
     try:
         code = await framed.run()
     except CLIError as e:
-        _report(e.message, stderr)
-        code = e.code
+        code = _failedRun(options, stdout, stderr, e.failure, e.message, e.code)
     finally:
         if host.link is not None:
             host.link.goodbye("done")
@@ -269,7 +309,7 @@ async def _runLegacy(reactor, options, stdout):
         options.timeout,
     )
     if options.json:
-        stdout.write(jsonLine(legacyRecord(options.command, output.getvalue())))
+        records.writeLine(stdout.write, legacyRecord(options.command, b""), output.getvalue())
     return code
 
 
@@ -285,7 +325,7 @@ def _main(reactor, options):
         # The reactor is stopping before the exchange ended: a signal.
         if not result.called:
             closing = [framed.interrupt(channel) for framed, channel in current]
-            result.errback(SystemExit(EXIT_INTERRUPTED))
+            result.errback(SystemExit(_exitCode(options, "interrupted", EXIT_INTERRUPTED)))
             if closing:
                 return DeferredList(closing)
 
@@ -297,7 +337,7 @@ def _main(reactor, options):
 
     def failed(failure):
         if not result.called:
-            result.errback(SystemExit(internalError(failure)))
+            result.errback(SystemExit(_exitCode(options, "internal", internalError(failure))))
 
     run(reactor, options, current=current).addCallbacks(finished, failed)
     return result

@@ -482,6 +482,31 @@ def _mode(parser, options):
     return given[0][0] if given else "exec"
 
 
+def _reservedUsage(parser, argv):
+    """
+    With C{--reserved-exit-codes} on the command line (or a prefix of it
+    that argparse takes for it), a usage error exits with the reserved
+    usage code (docs/cli.md) instead of 2: it is found before the options
+    are parsed, so that their own errors are mapped too.
+    """
+    import sys
+
+    from prokshy.cli.format import EXIT_USAGE, reservedFor
+
+    flag = "--reserved-exit-codes"
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--" in args:
+        args = args[: args.index("--")]
+    if not any(a.startswith("--res") and flag.startswith(a) for a in args):
+        return
+    exit = parser.exit
+
+    def reservedExit(status=0, message=None):
+        exit(reservedFor("usage") if status == EXIT_USAGE else status, message)
+
+    parser.exit = reservedExit
+
+
 def parseArgs(argv=None):
     """
     Parse the command line.
@@ -494,6 +519,7 @@ def parseArgs(argv=None):
         C{--version}.
     """
     parser = buildParser()
+    _reservedUsage(parser, argv)  # --reserved-exit-codes: usage errors too (H3's block below)
     options = parser.parse_args(argv)
     if options.socket_path is None and options.connect is None:
         parser.error("one of the arguments --socket-path --connect is required")
@@ -508,11 +534,25 @@ def parseArgs(argv=None):
 
     checkFileOptions(parser, options)
     # -- end of files ----------------------------------------------------------
+    # -- a terminal and arguments (issue 11, sections 2 and 3): -t, ARG... ------
+    from prokshy.cli.tty import checkTTYOptions
+
+    checkTTYOptions(parser, options)
+    # -- end of -t and ARG... ----------------------------------------------------
+    # -- --list, --json-stream, --reserved-exit-codes (issue 11, sections 4, 6, 7) --
+    if options.json_stream:
+        # --json-stream prints the --json records too, as its last events.
+        options.json = True
+    if options.mode == "list" and options.protocol == "legacy":
+        parser.error("--list needs the framed protocol (the original agent cannot list its commands)")
+    # -- end of --list, --json-stream, --reserved-exit-codes ---------------------
     query = options.mode != "exec"
     if not query:
         if options.command is None:
             parser.error("the following arguments are required: --command")
-        if options.from_file is None and options.from_string is None and not options.stdin:
+        # (-t reads the terminal; ARGs alone run with empty stdin.)
+        if (options.from_file is None and options.from_string is None and not options.stdin
+                and not options.tty and not options.args):
             parser.error(
                 "one of the arguments --from-string --from-file --stdin is required"
             )

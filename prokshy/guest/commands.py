@@ -14,8 +14,9 @@ sticky.  The name rule itself is L{prokshy.execs.names}.
 from __future__ import annotations
 
 import os
+import re
 import stat
-from typing import Any, Optional, Set, Union
+from typing import Any, Dict, List, Optional, Set, Union
 
 from zope.interface import implementer
 
@@ -23,7 +24,39 @@ from prokshy.execs.interfaces import ICommandNames
 from prokshy.execs.names import checkName
 from prokshy.execs.refusals import CommandRefused
 
-__all__ = ["CommandDirectory"]
+__all__ = ["CommandDirectory", "LIST_LIMIT", "describe"]
+
+#: At most this many commands in a listing (L{CommandDirectory.listing}).
+LIST_LIMIT = 4096
+#: A description is looked for in this much of the file's start...
+DESCRIPTION_BYTES = 4096
+#: ...and in at most this many of its first lines.
+DESCRIPTION_LINES = 20
+#: A description is cut to this many characters.
+DESCRIPTION_CHARS = 200
+
+_DESCRIPTION = re.compile(rb"#[ \t]*description:(.*)")
+
+
+def describe(path: str) -> Optional[str]:
+    """
+    The description of the command file at C{path}: the text of its first
+    line of the form C{# description: TEXT} within its first
+    L{DESCRIPTION_BYTES} bytes and L{DESCRIPTION_LINES} lines, stripped,
+    cut to L{DESCRIPTION_CHARS} characters, invalid UTF-8 replaced; or
+    C{None} (no such line, an empty text, or the file cannot be read).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(DESCRIPTION_BYTES)
+    except OSError:
+        return None
+    for line in head.splitlines()[:DESCRIPTION_LINES]:
+        m = _DESCRIPTION.match(line.strip())
+        if m:
+            text = m.group(1).decode("utf-8", "replace").strip()
+            return text[:DESCRIPTION_CHARS].strip() or None
+    return None
 
 
 def _writable(mode: int) -> Optional[str]:
@@ -231,3 +264,30 @@ class CommandDirectory:
         if problem:
             raise CommandRefused("insecure", f"command {text!r} is insecure: {problem}")
         return target
+
+    def listing(self, limit: int = LIST_LIMIT) -> Dict[str, Any]:
+        """
+        The commands an exec would run: the names in the directory that
+        pass L{resolve} (the name rule, a regular executable file, the
+        StrictModes checks), sorted, each with its L{describe}d
+        description, at most C{limit} of them.
+
+        @return: C{{"commands": [{"name": N, "description": D}, ...],
+            "truncated": bool}} (the body of a C{list} stream).
+        """
+        try:
+            names = sorted(os.listdir(self.path))
+        except OSError:
+            names = []
+        commands: List[Dict[str, Any]] = []
+        truncated = False
+        for name in names:
+            try:
+                target = self.resolve(name)
+            except CommandRefused:
+                continue
+            if len(commands) >= limit:
+                truncated = True
+                break
+            commands.append({"name": name, "description": describe(target)})
+        return {"commands": commands, "truncated": truncated}

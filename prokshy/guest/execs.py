@@ -124,7 +124,7 @@ from prokshy.streams.stream import EARLY_WINDOW, StreamRefused
 from prokshy.streams.throttle import Throttle
 from prokshy.wire import frames
 
-FEATURES = ("exec", "info", "signal", "stderr")
+FEATURES = ("exec", "info", "signal", "stderr", "list")
 #: Exec's OPEN arguments (docs/protocol.md): C{args} (argv) and C{tty} (a
 #: pty, with WINCH), which an older guest would ignore: the host checks
 #: these features first.
@@ -578,6 +578,10 @@ class GuestStreams:
             return self._exec(stream.args)
         if kind in ("info", "ping"):
             return InfoProtocol(self.describe)
+        if kind == "list":
+            # The commands an exec would run (the same checks), as info's
+            # one JSON document.
+            return InfoProtocol(self.runner.directory.listing)
         if kind in FILE_KINDS:
             return self.files.open(stream)
         if kind in FORWARD_KINDS and self.forwards is not None and (opener is not None or kind == "connect"):

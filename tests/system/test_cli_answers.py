@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from prokshy.cli.fallback import AutoChannel
 from prokshy.cli.format import EXIT_NO_ANSWER, CLIError
+from prokshy.cli import records
 from prokshy.cli.hellos import GARBAGE, HelloFilter
 from prokshy.cli.options import parseArgs
 from prokshy.cli.output import FileOutput
@@ -34,9 +35,11 @@ from prokshy.wire.channel import encodeHello, parseHello
 from tests.hostharness import DEFAULT_SCRIPTS, GuestVM, HostHarness, shortTempDir
 from tests.system.test_cli_framed import CLITestMixin, OriginalAgent, runCLI
 
-#: The keys of a C{--json} result, framed or line protocol.
-JSON_KEYS = {"vm", "command", "protocol", "status", "code", "signal", "timed_out", "truncated",
-             "stdout", "stderr"}
+#: The keys of a C{--json} exec result, framed or line protocol: every
+#: record's (L{prokshy.cli.records.KEYS}, issue 11) and exec's C{command}.
+JSON_KEYS = set(records.KEYS) | {"command"}
+assert {"vm", "command", "protocol", "status", "code", "signal", "timed_out", "truncated",
+        "stdout", "stderr"} <= JSON_KEYS
 
 
 class _Silent(Protocol):
@@ -358,13 +361,17 @@ class FallbackJSONTests(CLITestMixin, TestCase):
         self.assertEqual((err, code), (b"", 0))
         self.assertEqual(out.count(b"\n"), 1, out)
         record = json.loads(out)
-        self.assertEqual(set(record) - {"stdout_base64"}, JSON_KEYS - {"stdout"})
-        self.assertEqual(base64.b64decode(record["stdout_base64"]), b"hello world\n\xff\n")
+        # Non-UTF-8 output: "encoding": "base64", stdout and stderr in base64
+        # (issue 11's one rule; it was a stdout_base64 key).
+        self.assertEqual(set(record), JSON_KEYS)
+        self.assertEqual(record["encoding"], "base64")
+        self.assertEqual(base64.b64decode(record["stdout"]), b"hello world\n\xff\n")
         self.assertEqual(
             {k: record[k] for k in ("vm", "command", "protocol", "status", "code", "signal", "timed_out",
-                                    "truncated", "stderr")},
+                                    "truncated", "stderr", "mode", "ok", "failure", "error")},
             {"vm": None, "command": "greet", "protocol": "line", "status": 0, "code": None,
-             "signal": None, "timed_out": False, "truncated": False, "stderr": ""},
+             "signal": None, "timed_out": False, "truncated": False, "stderr": "", "mode": "exec",
+             "ok": True, "failure": None, "error": None},
         )
 
     @inlineCallbacks

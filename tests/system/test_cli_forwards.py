@@ -170,7 +170,7 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
 
         out, err, code = yield self.cli("--forwards", "--json")
         self.assertEqual((err, code), (b"", 0))
-        rows = [json.loads(line) for line in out.splitlines()]
+        rows = json.loads(out)["forwards"]
         self.assertEqual(len(rows), 1)
         row = rows[0]
         self.assertEqual(
@@ -186,13 +186,13 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
         out, err, code = yield self.cli("--forwards")
         self.assertEqual((out, err, code), (b"no forwards\n", b"", 0))
         out, err, code = yield self.cli("--forwards", "--json")
-        self.assertEqual((out, err, code), (b"", b"", 0))
+        self.assertEqual((json.loads(out)["forwards"], err, code), ([], b"", 0))
 
     @inlineCallbacks
     def test_mixedInOrder(self):
         """
         C{--forward} and C{--reverse} mixed on one command line are added
-        in order (ids 1 and 2); with C{--json} each row is one JSON line.
+        in order (ids 1 and 2); with C{--json} one record lists the rows.
         The reverse forward listens inside the guest and reaches the host's
         target.
         """
@@ -200,7 +200,7 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
             "--json", "--reverse", self.spec("g.sock"), "--forward", self.spec("h.sock")
         )
         self.assertEqual((err, code), (b"", 0))
-        rows = [json.loads(line) for line in out.splitlines()]
+        rows = json.loads(out)["forwards"]
         self.assertEqual([(r["id"], r["direction"], r["state"]) for r in rows],
                          [("1", "reverse", "active"), ("2", "forward", "active")])
         self.assertEqual(rows[0]["listen"], self.path("g.sock"))
@@ -225,7 +225,7 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
         self.assertOneLineError(err, "prokshy: reverse %s: not-allowed: " % (spec,), "127.0.0.1:80 is not allowed",
                                 "--allow-listen")
         out, err, code = yield self.cli("--forwards", "--json")
-        self.assertEqual((out, err, code), (b"", b"", 0))
+        self.assertEqual((json.loads(out)["forwards"], err, code), ([], b"", 0))
 
     @inlineCallbacks
     def test_refusedConnection(self):
@@ -246,7 +246,7 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
         self.assertTrue(lines[2].startswith("    last error: connection from "), lines)
         self.assertIn("refused by the guest: not-allowed: %s is not allowed" % (target,), lines[2])
         out, err, code = yield self.cli("--forwards", "--json")
-        row = json.loads(out)
+        [row] = json.loads(out)["forwards"]
         self.assertIn("not-allowed", row["last_error"])
         self.assertEqual(row["connections"], 0)
 
@@ -261,7 +261,7 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
             self.assertEqual((out, code), (b"", 2))
             self.assertOneLineError(err, "prokshy: error: --forward", "8080:127.0.0.1")
         out, err, code = yield self.cli("--forwards", "--json")
-        self.assertEqual(out, b"")
+        self.assertEqual(json.loads(out)["forwards"], [])
 
     @inlineCallbacks
     def test_unknownVM(self):
@@ -296,7 +296,7 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
             self.assertOneLineError(err, ": not-allowed: ", why)
         self.assertFalse(os.path.exists(outside))
         out, err, code = yield self.cli("--forwards", "--json")
-        self.assertEqual((out, code), (b"", 0), err)
+        self.assertEqual((json.loads(out)["forwards"], code), ([], 0), err)
 
     @inlineCallbacks
     def test_unknownId(self):
@@ -316,7 +316,7 @@ class DaemonForwardTests(_ForwardTestMixin, TestCase):
         out, err, code = yield runCLI(self, *(target + ["--forward", self.spec("h.sock")]))
         self.assertEqual((out, err, code), (b"1\n", b"", 0))
         out, err, code = yield runCLI(self, *(target + ["--forwards", "--json"]))
-        self.assertEqual([json.loads(line)["id"] for line in out.splitlines()], ["1"])
+        self.assertEqual([row["id"] for row in json.loads(out)["forwards"]], ["1"])
         self.assertEqual((yield exchange(self.path("h.sock"), b"x")), b"x")
 
 
@@ -429,8 +429,9 @@ class ForegroundTests(_ForwardTestMixin, TestCase):
         proc = self.start("--json", "--forward", self.spec("h.sock"))
         yield waitFor(lambda: b'"active"' in proc.stdout, "the forward to be set up", 30)
         events = [json.loads(line) for line in proc.stdout.splitlines()]
-        self.assertEqual(events[-1]["listen"], self.path("h.sock"))
-        self.assertEqual(events[-1]["state"], "active")
+        self.assertEqual((events[-1]["event"], events[-1]["vm"]), ("forward", "default"))
+        self.assertEqual(events[-1]["forward"]["listen"], self.path("h.sock"))
+        self.assertEqual(events[-1]["forward"]["state"], "active")
         self.assertIn("listening", events[-1]["message"])
         yield self.stopped(proc)
 

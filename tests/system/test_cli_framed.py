@@ -366,7 +366,8 @@ class DaemonTests(CLITestMixin, TestCase):
     @inlineCallbacks
     def test_jsonBinary(self):
         """
-        Output that is not UTF-8 comes as C{stdout_base64}.
+        Output that is not UTF-8: C{"encoding": "base64"}, and C{stdout}
+        (and C{stderr}) in base64 (it was a C{stdout_base64} key).
         """
         import base64
 
@@ -382,7 +383,8 @@ class DaemonTests(CLITestMixin, TestCase):
                                         "--from-file", path)
         self.assertEqual(code, 0)
         record = json.loads(out)
-        self.assertEqual(base64.b64decode(record["stdout_base64"]), data)
+        self.assertEqual(record["encoding"], "base64")
+        self.assertEqual((base64.b64decode(record["stdout"]), record["stderr"]), (data, ""))
 
     @inlineCallbacks
     def test_status(self):
@@ -416,7 +418,8 @@ class DaemonTests(CLITestMixin, TestCase):
     def test_vmDown(self):
         """
         A VM that is down: 255 and one line naming it; with C{--all-vms}
-        the other VMs still answer.
+        the other VMs still answer, and a summary line follows (issue 11:
+        C{1 of 3 VMs failed: vm b: vm-unavailable}).
         """
         yield self.h.vms["b"].stopSim()
         yield waitFor(lambda: self.h.daemon.vms["b"].state == "connecting", "vm b down")
@@ -428,7 +431,9 @@ class DaemonTests(CLITestMixin, TestCase):
                                         "--from-string", "")
         self.assertEqual(code, 255)
         self.assertEqual(sorted(out.splitlines()), [b"[a] a", b"[c] c"])
-        self.assertOneLineError(err, "vm b", "not connected since")
+        first, summary = err.splitlines(True)
+        self.assertOneLineError(first, "vm b", "not connected since")
+        self.assertEqual(summary, b"prokshy: 1 of 3 VMs failed: vm b: vm-unavailable\n")
 
     @inlineCallbacks
     def test_unknownVM(self):

@@ -65,6 +65,19 @@ class TruncatedTests(CLITestMixin, TestCase):
         self.assertEqual((len(out), err, code), (999, b"", 0))
 
 
+def _statusRows(out):
+    """
+    The VM rows of C{--status --json}: one record per VM, each with its
+    row in C{daemon.vm} (and the record's C{vm} its name).
+    """
+    rows = []
+    for line in out.splitlines():
+        record = json.loads(line)
+        assert record["mode"] == "status" and record["vm"] == record["daemon"]["vm"]["name"], record
+        rows.append(record["daemon"]["vm"])
+    return rows
+
+
 class StatusFilterTests(CLITestMixin, TestCase):
     """
     C{--status --vm}.
@@ -91,14 +104,15 @@ class StatusFilterTests(CLITestMixin, TestCase):
     def test_twoVMsJSON(self):
         out, err, code = yield self.status("--vm", "cache", "--vm", "web", "--json")
         self.assertEqual((err, code), (b"", 0))
-        self.assertEqual(sorted(vm["name"] for vm in json.loads(out)["vms"]), ["cache", "web"])
+        # one record per VM (issue 11), the VM's row in daemon.vm
+        self.assertEqual(sorted(vm["name"] for vm in _statusRows(out)), ["cache", "web"])
 
     @inlineCallbacks
     def test_all(self):
         out, err, code = yield self.status("--json")
-        self.assertEqual(sorted(vm["name"] for vm in json.loads(out)["vms"]), ["cache", "db", "web"])
+        self.assertEqual(sorted(vm["name"] for vm in _statusRows(out)), ["cache", "db", "web"])
         out, err, code = yield self.status("--all-vms", "--json")
-        self.assertEqual(sorted(vm["name"] for vm in json.loads(out)["vms"]), ["cache", "db", "web"])
+        self.assertEqual(sorted(vm["name"] for vm in _statusRows(out)), ["cache", "db", "web"])
 
     @inlineCallbacks
     def test_unknownVM(self):
@@ -181,8 +195,10 @@ class VMDownTests(CLITestMixin, TestCase):
     def test_allVMs(self):
         out, err, code = yield self.cli("--all-vms")
         self.assertEqual((out, code), (b"[up] up\n", 255))
-        self.assertOneLineError(err)
-        self.assertOnce(err.decode())
+        first, summary = err.splitlines(True)
+        self.assertOneLineError(first)
+        self.assertOnce(first.decode())
+        self.assertEqual(summary, b"prokshy: 1 of 2 VMs failed: vm down: vm-unavailable\n")
 
     @inlineCallbacks
     def test_json(self):

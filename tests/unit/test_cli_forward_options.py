@@ -442,12 +442,15 @@ class DaemonForwardsTests(_Stderr, DaemonTestMixin, SynchronousTestCase):
 
     def test_addJSON(self):
         """
-        With C{--json}, each new row as one JSON line.
+        With C{--json}, one record (issue 11: every mode's records have
+        one shape) whose C{forwards} lists the new rows, in order.
         """
         out, err, code = self.runCLI("--json", "--forward", "8080:127.0.0.1:80", "--forward", "8081:127.0.0.1:81")
         lines = out.splitlines()
-        self.assertEqual(len(lines), 2)
-        self.assertEqual([json.loads(line) for line in lines], self.daemon.rows)
+        self.assertEqual(len(lines), 1)
+        record = json.loads(lines[0])
+        self.assertEqual((record["mode"], record["ok"], record["failure"]), ("forwards", True, None))
+        self.assertEqual(record["forwards"], self.daemon.rows)
         self.assertEqual(code, 0)
 
     def test_addVM(self):
@@ -477,17 +480,18 @@ class DaemonForwardsTests(_Stderr, DaemonTestMixin, SynchronousTestCase):
 
     def test_listJSON(self):
         """
-        C{--forwards --json}: one JSON object per line per forward; none:
-        nothing at all (the table says C{no forwards}).
+        C{--forwards --json}: one record whose C{forwards} lists every
+        forward; none: an empty list (the table says C{no forwards}).
         """
-        self.assertEqual(self.runCLI("--forwards", "--json"), ("", "", 0))
+        out, err, code = self.runCLI("--forwards", "--json")
+        self.assertEqual((json.loads(out)["forwards"], err, code), ([], "", 0))
         self.assertEqual(self.runCLI("--forwards"), ("no forwards\n", "", 0))
         self.runCLI("--forward", "8080:127.0.0.1:80", "--vm", "a")
         self.runCLI("--forward", "8081:127.0.0.1:81", "--vm", "b")
         out, err, code = self.runCLI("--forwards", "--json")
-        self.assertEqual([json.loads(line) for line in out.splitlines()], self.daemon.rows)
+        self.assertEqual(json.loads(out)["forwards"], self.daemon.rows)
         out, err, code = self.runCLI("--forwards", "--json", "--vm", "b")
-        self.assertEqual([json.loads(line)["id"] for line in out.splitlines()], ["2"])
+        self.assertEqual([row["id"] for row in json.loads(out)["forwards"]], ["2"])
 
     def test_remove(self):
         """
