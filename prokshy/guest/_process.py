@@ -38,8 +38,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet import process as _twistedProcess
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
+from twisted.internet.error import ConnectionDone
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
 from prokshy.guest import proctable, subreaper
@@ -443,6 +445,8 @@ class PTYProcessGroupProcess(_TreeSignals, _twistedProcess.PTYProcess):
     spawnMethod = "fork"
     _childSignalMask: Any = ()
     _eofSent = False
+    #: No descriptor of the slave is open any more (see L{doRead}).
+    _slaveClosed = False
 
     def __init__(
         self,
@@ -496,6 +500,56 @@ class PTYProcessGroupProcess(_TreeSignals, _twistedProcess.PTYProcess):
             _signal.pthread_sigmask(_signal.SIG_SETMASK, self._childSignalMask)
         # setsid() in the child: the pid is the session's and the group's.
         self.pgid = self.pid
+
+    def doRead(self) -> Any:
+        """
+        Read the command's output from the master, L{PIPE_READ_SIZE} bytes
+        at a time.
+
+        Once no descriptor of the pty's slave is left open (the read fails
+        with C{EIO}, or ends), the master is closed only after the command
+        is reaped: closing it hangs the pty up, and the kernel would kill
+        with SIGHUP a command that has closed its descriptors but not exited
+        yet (C{cat} does, at its end), or its descendants.
+        """
+        try:
+            data = os.read(self.fd, PIPE_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if data:
+            self.proto.childDataReceived(1, data)
+            return None
+        if self.pid is not None:
+            self._slaveClosed = True
+            self.stopReading()
+            return None
+        return CONNECTION_DONE
+
+    def resumeProducing(self) -> None:
+        if not self._slaveClosed:
+            super().resumeProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The master's end: at once when we close it (or a write fails);
+        the slave's hangup while the command is not reaped yet (the reactor
+        sees it as the end of the master) only once it is (L{doRead}).
+        """
+        if self.pid is not None and not self.disconnecting and not self._slaveClosed:
+            self._slaveClosed = True
+            self.stopReading()
+            self.stopWriting()
+            return
+        if self.pid is not None and self._slaveClosed and not self.disconnecting:
+            return
+        super().connectionLost(reason)
+
+    def processEnded(self, status: int) -> None:
+        super().processEnded(status)
+        if self._slaveClosed and self.connected:
+            self.connectionLost(Failure(ConnectionDone("the pty's slave is closed")))
 
     def setWindowSize(self, rows: int, cols: int) -> bool:
         """
