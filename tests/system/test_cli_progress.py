@@ -177,41 +177,71 @@ class _PtyReader:
 
 
 class _CLI(ProcessProtocol):
-    def __init__(self, closeOutAfter=None):
+    def __init__(self, closeOutAfter=None, feed=None, slowOut=False):
         self.err = []
         self.out = 0
+        self.outData = []
         self.closeOutAfter = closeOutAfter
+        self.feed = feed
+        self.slowOut = slowOut
         self.ended = Deferred()
+        self._calls = []
+
+    def _later(self, delay, f):
+        self._calls.append(reactor.callLater(delay, f))
+
+    def connectionMade(self):
+        if self.feed is not None:
+            self._feed(0)
+
+    def _feed(self, i):
+        # Stdin, slowly: COUNT chunks, DELAY seconds apart, then its end.
+        chunk, count, delay = self.feed
+        if self.ended.called:
+            return
+        if i == count:
+            self.transport.closeChildFD(0)
+            return
+        self.transport.writeToChild(0, chunk(i))
+        self._later(delay, lambda: self._feed(i + 1))
 
     def childDataReceived(self, fd, data):
         if fd == 2:
             self.err.append(data)
         elif fd == 1:
             self.out += len(data)
+            if self.slowOut:
+                # A slow reader: a pause after each read.
+                self.outData.append(data)
+                self.transport.pauseProducing()
+                self._later(0.03, self._resume)
             if self.closeOutAfter is not None and self.out >= self.closeOutAfter:
                 # the reader goes away, as | head does
                 self.closeOutAfter = None
                 self.transport.closeChildFD(1)
 
+    def _resume(self):
+        if not self.ended.called:
+            self.transport.resumeProducing()
+
     def processEnded(self, reason):
+        for call in self._calls:
+            if call.active():
+                call.cancel()
         code = reason.value.exitCode
         self.ended.callback(code if code is not None else -(reason.value.signal or 0))
 
 
-class ProgressTests(TestCase):
+class _Run:
     """
-    The CLI's progress line on stderr, on a VM's socket.
+    Runs the CLI (C{self.target} names the socket) with its descriptors as
+    a test wants them.
     """
 
     timeout = 120
 
     @inlineCallbacks
-    def setUp(self):
-        self.h = yield HostHarness(self, scripts=SCRIPTS, daemon=False).start()
-        self.target = ["--socket-path", self.h.vms["vm1"].socketPath]
-
-    @inlineCallbacks
-    def cli(self, args, stderr="pty", stdinPath=None, columns=100, stdout="file"):
+    def cli(self, args, stderr="pty", stdinPath=None, columns=100, stdout="file", feed=None):
         """
         Run C{prokshy TARGET ARGS}, stdout to a file (or, C{stdout="pty"},
         the same pty as stderr), stderr to a pty (with C{columns}) or a
@@ -224,11 +254,13 @@ class ProgressTests(TestCase):
         self.addCleanup(os.close, outFD)
         inFD = os.open(stdinPath if stdinPath else os.devnull, os.O_RDONLY)
         self.addCleanup(os.close, inFD)
-        childFDs = {0: inFD, 1: outFD}
+        childFDs = {0: inFD if feed is None else "w", 1: outFD}
         closeOutAfter = None
         if isinstance(stdout, int):
             # a pipe whose reader closes after this many bytes
             childFDs[1], closeOutAfter = "r", stdout
+        elif stdout == "slowpipe":
+            childFDs[1] = "r"
         reader = None
         if stderr == "pty":
             master, slave = os.openpty()
@@ -238,7 +270,7 @@ class ProgressTests(TestCase):
                 childFDs[1] = slave
         else:
             childFDs[2] = "r"
-        proto = _CLI(closeOutAfter)
+        proto = _CLI(closeOutAfter, feed, stdout == "slowpipe")
         process = reactor.spawnProcess(
             proto,
             sys.executable,
@@ -270,10 +302,23 @@ class ProgressTests(TestCase):
             err = b"".join(proto.err)
         with open(outPath, "rb") as f:
             out = f.read()
+        if stdout == "slowpipe":
+            out = b"".join(proto.outData)
         return out, err.replace(b"\r\n", b"\n"), code
 
     def assertSummary(self, line, label):
         self.assertRegex(line, r"^%s  [0-9.]+ [kMG]?B in [0-9.hms]+, [0-9.]+ [kMG]?B/s$" % (label,))
+
+
+class ProgressTests(_Run, TestCase):
+    """
+    The CLI's progress line on stderr, on a VM's socket.
+    """
+
+    @inlineCallbacks
+    def setUp(self):
+        self.h = yield HostHarness(self, scripts=SCRIPTS, daemon=False).start()
+        self.target = ["--socket-path", self.h.vms["vm1"].socketPath]
 
     @inlineCallbacks
     def test_outputOnPty(self):
@@ -419,3 +464,76 @@ class DaemonProgressTests(ProgressTests):
     def setUp(self):
         self.h = yield HostHarness(self, scripts=SCRIPTS).start()
         self.target = ["--connect", "unix:path=%s" % (self.h.unixPath,)]
+
+
+def _allowFiles(harness):
+    """
+    Give each VM's agent an --allow-files directory (before start).
+    """
+    for name, vm in harness.vms.items():
+        d = os.path.join(harness.dir, name + ".files")
+        os.mkdir(d, 0o755)
+        os.chmod(d, 0o755)
+        vm.guestArgs += ["--allow-files", d]
+    return os.path.join(harness.dir, "vm1.files")
+
+
+def _chunk(i):
+    return bytes([i % 256]) * CHUNK
+
+
+class FileProgressTests(_Run, TestCase):
+    """
+    C{--push} and C{--pull} (L{prokshy.cli.files}, through
+    L{prokshy.cli.progress.FileProgress}): the line is labelled with the
+    remote path.
+    """
+
+    @inlineCallbacks
+    def setUp(self):
+        self.h = HostHarness(self, scripts=SCRIPTS, daemon=False)
+        self.allow = _allowFiles(self.h)
+        yield self.h.start()
+        self.target = ["--socket-path", self.h.vms["vm1"].socketPath]
+
+    @inlineCallbacks
+    def test_pushSlowStdin(self):
+        """
+        C{--push - REMOTE} from a pipe fed slowly: the line is drawn at
+        least twice, then its summary; the file is exact on the guest.
+        """
+        remote = os.path.join(self.allow, "pushed.bin")
+        out, err, code = yield self.cli(["--push", "-", remote], feed=(_chunk, CHUNKS, 0.03))
+        self.assertEqual((out, code), (b"", 0), err)
+        with open(remote, "rb") as f:
+            self.assertTrue(f.read() == EXPECTED_OUT, "the pushed file differs")
+        self.assertGreaterEqual(draws(err, remote), 2, err[-2000:])
+        screen = renderScreen(err)
+        self.assertEqual(len(screen), 1, screen)
+        self.assertSummary(screen[0], re.escape(remote))
+
+    @inlineCallbacks
+    def test_pushSlowStdinPipe(self):
+        """
+        The same with stderr a pipe: no progress at all.
+        """
+        remote = os.path.join(self.allow, "pushed.bin")
+        out, err, code = yield self.cli(["--push", "-", remote], stderr="pipe", feed=(_chunk, 16, 0.03))
+        self.assertEqual((out, err, code), (b"", b"", 0))
+
+    @inlineCallbacks
+    def test_pullSlowReader(self):
+        """
+        C{--pull REMOTE -} to a slow pipe (stderr a terminal): the line is
+        drawn at least twice, then its summary; the bytes are exact.
+        """
+        remote = os.path.join(self.allow, "big.bin")
+        with open(remote, "wb") as f:
+            f.write(EXPECTED_OUT)
+        out, err, code = yield self.cli(["--pull", remote, "-"], stdout="slowpipe")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out == EXPECTED_OUT, "the pulled bytes differ (%d)" % (len(out),))
+        self.assertGreaterEqual(draws(err, remote), 2, err[-2000:])
+        screen = renderScreen(err)
+        self.assertEqual(len(screen), 1, screen)
+        self.assertSummary(screen[0], re.escape(remote))
