@@ -13,8 +13,9 @@ L{Progress.interval} seconds::
 Sizes are decimal (kB, MB, GB, as in the C{--status} table); the rate is
 over the last L{Progress.window} seconds (since the start until then); the
 percentage and the ETA only when the total is known.  The line is cut to the
-terminal's width (C{TIOCGWINSZ} on stderr, else 80 columns): the label is
-shortened first, then the ETA, the percentage and the rate are dropped.
+terminal's width (C{TIOCGWINSZ} on stderr at each draw, else 80 columns,
+less one so that it never wraps): the label is shortened first, then the
+percentage, the ETA and the rate are dropped.
 L{Progress.clear} erases the line before anything else is written to the
 terminal (L{ProgressOutput} does it for the CLI's stderr, and for its stdout
 when that is the same terminal); the next tick draws it again.
@@ -24,6 +25,11 @@ interval leaves nothing on the terminal.
 
 When it shows (L{progressWanted}): C{--progress} always, C{--no-progress}
 never, else only when stderr is a terminal (a pipe or a file never gets it).
+What gets a line: an exec run's C{--stdin} and large output
+(L{ExecProgress}, which says when each shows), and a C{--push} or C{--pull}
+run (L{FileProgress}); several VMs share one line, with the totals.
+Counting costs an integer add per chunk, and only when a line may show;
+the drawing is on the timer.
 
 Its states (the timer runs in every state but C{finished}):
 
@@ -463,9 +469,12 @@ class ProgressOutput:
     so that nothing written is garbled by them.
 
     @ivar progresses: the L{Progress} lines to erase (a list the caller
-        adds to).
-    @ivar erase: the write the erasing goes through: the inner output's (in
-        order with the data), by default.
+        adds to); the erasing goes through the inner output's C{write}, so
+        it stays in order with the data.
+    @ivar state: the L{LineState} of the terminal, shared by the lines and
+        every L{ProgressOutput} over that terminal.
+    @param stdout: this is stdout over the same terminal as stderr: its
+        writes also hold the next draw back (L{LineState.idle}).
     """
 
     def __init__(self, inner, state=None, stdout=False):
