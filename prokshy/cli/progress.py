@@ -585,7 +585,8 @@ class ExecProgress:
         self.output = None
         self.uploadWanted = bool(wanted and options.stdin and (forced or not isTerminal(stdinFD)))
         self.outputWanted = bool(wanted and (forced or not isTerminal(outFD)))
-        if not wanted:
+        if not (self.uploadWanted or self.outputWanted):
+            # No line: the outputs as they are, nothing on their path.
             return
         self.stderr = ProgressOutput(stderr, self.state)
         if sameTerminal(outFD, errFD):

@@ -484,6 +484,11 @@ class ExecProgressTests(TestCase):
         self.assertEqual((run.uploadWanted, run.outputWanted), (True, False))
         self.assertIsInstance(run.stdout, P.ProgressOutput)
         run.finish()
+        # ... and without --stdin no line at all: nothing wrapped
+        run = P.ExecProgress(clock, _Options(None), ttyOut, tty, fileFD)
+        self.assertEqual((run.uploadWanted, run.outputWanted), (False, False))
+        self.assertEqual((run.stdout, run.stderr), (ttyOut, tty))
+        run.finish()
         # stdin a terminal: no upload line (the user types on it)
         run = P.ExecProgress(clock, _Options(None, stdin=True), fileOut, tty, slave)
         self.assertFalse(run.uploadWanted)
