@@ -1,33 +1,35 @@
 """
 The C{prokshy} command: run a guest command through the VM's console socket.
 
-Exit codes:
+Exit codes (docs/cli.md, "Exit codes"; L{prokshy.cli.format.CAUSES} is the
+table).  The remote command's status (128+N for signal N) when it ran;
+else prokshy's own failure, by cause, as DEFAULT/RESERVED, the second with
+C{--reserved-exit-codes} (the reserved range 200-220, one code per cause):
 
-  - framed protocol: the remote command's exit status, or 128+N when
-    signal N ended it; 124 when the guest's timeout killed it; 125 when the
-    guest cut its output at its C{--max-output} limit (and stopped it);
-    126 when the guest refused it (bad name, not executable, insecure); 127
-    when there is no such command; 255 on a transport failure (the session
-    ended, the VM is unavailable, no session could be started).
+    usage 2/200             connect-failed 1/201     no-answer 255/202
+    transport 255/203       vm-unavailable 255/204   refused 126/205
+    not-found 127/206       busy 255/207             rejected 255/208
+    unsupported 1/209       local-file 1/210         output 1/211
+    stdout-closed 141/212   interrupted 130/213      checksum-mismatch 255/214
+    too-big 1/215           timed-out 124/216        truncated 125/217
+    some-vms-failed -/218   file-error 1/219         internal 255/220
+
+  - C{--json}'s C{failure} is null when the command ran, else the cause's
+    code (L{prokshy.cli.records}): it always tells the two apart.
+  - several VMs (L{prokshy.cli.format.combine}): the largest status, and a
+    summary line C{prokshy: N of M VMs failed: vm X: CODE, ...} when prokshy
+    failed on some; reserved: 218 when it failed on some but not all (or on
+    all for different causes).
   - line protocol (the original agent): C{0} when the exchange ended (after
     C{--timeout} seconds of silence, or when the other end closed the
-    connection). As in the original tool this says nothing about the remote
-    command, whose exit status is not sent.  In C{auto} mode a fallback
-    that got no byte back is not success: C{255}, with a one-line message
-    saying what was tried (C{--protocol legacy} accepts an empty answer).
-  - C{1}: the socket could not be connected to, or the output could not be
-    written (other than a closed pipe). A one-line message goes to stderr.
-  - C{2}: usage error (a bad C{--connect} endpoint included).
-  - C{130}: interrupted (the reactor was stopped by a signal).
-  - forwarding (L{prokshy.cli.forwards}), with a daemon: C{--forward},
-    C{--reverse}, C{--forwards} and C{--unforward} exit C{0} once done;
+    connection): the remote command's exit status is not sent.  In C{auto}
+    mode a fallback that got no byte back is C{no-answer}.
+  - forwarding (L{prokshy.cli.forwards}), with a daemon: C{0} once done;
     C{1} when the daemon or the guest refused (one line, C{prokshy: forward
-    SPEC: CODE: MESSAGE}: a bad SPEC, no such VM or forward id, the host
-    cannot listen, the guest's allowlist, ...); C{2} for a malformed SPEC,
-    checked before connecting (one line, C{prokshy: error: ...}), or
-    C{--forwards}/C{--unforward} on a VM's own socket; C{255} on a transport
-    failure.  On a VM's own socket C{--forward} and C{--reverse} are served
-    in the foreground until SIGINT or SIGTERM: C{130}.
+    SPEC: CODE: MESSAGE}; reserved: the refusal's cause); C{2} for a
+    malformed SPEC, checked before connecting; on a VM's own socket
+    C{--forward} and C{--reverse} are served in the foreground until SIGINT
+    or SIGTERM: C{130}.
   - C{141}: stdout was closed by its reader (C{| head}): the remote
     commands are cancelled and the CLI exits quietly, as C{cat} killed by
     SIGPIPE does.

@@ -266,9 +266,11 @@ class DocumentedTableTests(SynchronousTestCase):
         """
         doc = self.texts()["docs/cli.md"]
         for cause, (default, reserved) in fmt.CAUSES.items():
-            rows = [line for line in doc.splitlines() if line.startswith("|") and "`%s`" % (cause,) in line]
-            self.assertTrue(rows, cause)
-            cells = [c.strip() for c in rows[0].strip("|").split("|")]
+            rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+                    for line in doc.splitlines() if line.startswith("|")]
+            rows = [cells for cells in rows if len(cells) == 4 and cells[0] == "`%s`" % (cause,)]
+            self.assertEqual(len(rows), 1, cause)
+            cells = rows[0]
             self.assertIn(str(reserved), cells, cause)
             if default is not None:
                 self.assertIn(str(default), cells, cause)
