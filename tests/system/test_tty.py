@@ -153,14 +153,13 @@ def _fired(value):
     return d
 
 
-class TTYMixin(CLITestMixin):
+class PTYDriver(CLITestMixin):
+    """
+    Runs the CLI on a pty of the test's; C{startHarness} and C{target} (the
+    socket) are the test case's.
+    """
+
     timeout = 60
-
-    def startHarness(self):
-        raise NotImplementedError()
-
-    def target(self):
-        raise NotImplementedError()
 
     def setUp(self):
         return self.startHarness()
@@ -208,6 +207,12 @@ class TTYMixin(CLITestMixin):
 
     def assertRestored(self):
         self.assertEqual(self.attributes(), self.before)
+
+
+class TTYMixin(PTYDriver):
+    """
+    The tests of C{-t}, for a direct and a daemon case.
+    """
 
     @inlineCallbacks
     def test_terminal(self):
@@ -365,9 +370,9 @@ class TTYMixin(CLITestMixin):
         self.assertIn(b"SIZE=24x80", out)
 
 
-class DirectTTYTests(TTYMixin, TestCase):
+class DirectHarness:
     """
-    C{-t} on a VM's own console socket.
+    The VM's own console socket, with the real agent.
     """
 
     @inlineCallbacks
@@ -383,6 +388,12 @@ class DirectTTYTests(TTYMixin, TestCase):
         yield self.vm.stopAgent()
         self.vm.startAgent()
         yield waitFor(lambda: self.vm.deviceOpen, "the agent to open its device")
+
+
+class DirectTTYTests(DirectHarness, TTYMixin, TestCase):
+    """
+    C{-t} on a VM's own console socket.
+    """
 
 
 class DaemonTTYTests(TTYMixin, TestCase):
