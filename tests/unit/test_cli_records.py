@@ -10,6 +10,7 @@ import base64
 import collections
 import json
 import os
+import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -266,7 +267,7 @@ class DocumentedTableTests(SynchronousTestCase):
         """
         doc = self.texts()["docs/cli.md"]
         for cause, (default, reserved) in fmt.CAUSES.items():
-            rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
                     for line in doc.splitlines() if line.startswith("|")]
             rows = [cells for cells in rows if len(cells) == 4 and cells[0] == "`%s`" % (cause,)]
             self.assertEqual(len(rows), 1, cause)
