@@ -142,7 +142,7 @@ def terminalSize(fd):
     """
     try:
         packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
-    except OSError:
+    except (OSError, ValueError):
         return None
     rows, cols = struct.unpack("HHHH", packed)[:2]
     if not rows or not cols:
