@@ -19,18 +19,19 @@ LOCAL} (from one VM), over the VM's socket or through a daemon
     C{local}, C{remote}, C{size}, C{sha256}, C{mode}, C{mtime}: the
     source's mode and modification time).
 
-Exit codes (per VM; several VMs: the highest, as for exec; messages
-prefixed C{vm NAME: }):
+Exit codes: docs/cli.md's table (L{prokshy.cli.format.CAUSES}, with
+C{--reserved-exit-codes} too), per VM; several VMs combine as for exec
+(L{prokshy.cli.format.combine}), messages prefixed C{vm NAME: }:
 
     0    moved and verified
     1    a local file cannot be read or written (C{local-file}), the
-         guest could not read or write its file (C{file-error}), or the
-         guest's file changed while it was read (C{file-changed})
+         guest could not read or write its file (C{file-error}), the
+         guest's file changed while it was read (C{file-changed}), or a
+         guest whose agent does not serve files (C{unsupported})
     2    usage (checked before connecting)
     126  refused: C{not-allowed} (no --allow-files on the guest, outside
          it, a symbolic link, a .. component, group- or world-writable),
-         C{not-a-file} (a directory, a fifo, a device), or a guest whose
-         agent does not serve files (C{unsupported})
+         C{not-a-file} (a directory, a fifo, a device)
     127  C{no-such-file}: the remote file (pull) or the remote directory
          (push) does not exist
     255  C{checksum-mismatch} (the bytes differ end to end: nothing was
@@ -45,15 +46,16 @@ from twisted.python.failure import Failure
 
 from prokshy.cli import records
 from prokshy.cli.format import (
-    EXIT_NOT_FOUND,
-    EXIT_REFUSED,
     EXIT_TRANSPORT,
     EXIT_USAGE,
     CLIError,
+    combine,
     exitFor,
+    exitStatus,
     messageLine,
     prefixed,
 )
+from prokshy.cli.progress import FileProgress
 from prokshy.cli.output import EXIT_PIPE, FlowGate
 from prokshy.files.rules import (
     CHECKSUM_MISMATCH,
@@ -65,33 +67,22 @@ from prokshy.files.rules import (
 from prokshy.host.files import FILE_CHANGED, FileFailed, LocalFile, startPull, startPush
 from prokshy.streams.stream import StreamError
 
-#: A local file cannot be read or written (as prokshy.cli.main's).
-EXIT_FAILURE = 1
-
-#: The exit status of each failure code of a file run.
-EXITS = {
-    NOT_ALLOWED: EXIT_REFUSED,
-    NOT_A_FILE: EXIT_REFUSED,
-    "unsupported": EXIT_REFUSED,
-    "bad-open": EXIT_REFUSED,
-    NO_SUCH_FILE: EXIT_NOT_FOUND,
-    FILE_ERROR: EXIT_FAILURE,
-    FILE_CHANGED: EXIT_FAILURE,
-    "local-file": EXIT_FAILURE,
-    CHECKSUM_MISMATCH: EXIT_TRANSPORT,
-}
+#: The failure codes of a file run itself (their exit codes are the
+#: table's: L{prokshy.cli.format.exitStatus}).
+FAILURES = (NOT_ALLOWED, NOT_A_FILE, "unsupported", "bad-open", NO_SUCH_FILE, FILE_ERROR, FILE_CHANGED,
+            "local-file", CHECKSUM_MISMATCH)
 
 FEATURE = "files"
 
 
 class _Failed(Exception):
     """
-    One VM's transfer failed: its status, C{failure} code and message.
+    One VM's transfer failed: its C{failure} code and message.
     """
 
-    def __init__(self, status, failure, message):
+    def __init__(self, failure, message):
         Exception.__init__(self, message)
-        self.status, self.failure, self.message = status, failure, message
+        self.failure, self.message = failure, message
 
 
 def checkFileOptions(parser, options):
@@ -154,20 +145,30 @@ class _StdoutSink:
         pass
 
 
-def _progress(run, label, total):
+class _Announced:
     """
-    The one call site of the progress line (L{prokshy.cli.progress}):
-    C{(advance, finish)} callables, or no-ops while that module is not
-    there or progress is not wanted.
+    A pull's sink that also gives the progress line the file's size once
+    the guest's header says it.
     """
-    try:
-        from prokshy.cli.progress import Progress, progressWanted
-    except ImportError:  # (issue 11, section 5 not landed)
-        return None, lambda: None
-    if not progressWanted(run.options):
-        return None, lambda: None
-    bar = Progress(run.reactor, run.stderr.write, label, total=total)
-    return bar.advance, bar.finish
+
+    def __init__(self, sink, line):
+        self._sink = sink
+        self._line = line
+
+    def header(self, header):
+        self._sink.header(header)
+        size = header.get("size")
+        if isinstance(size, int):
+            self._line.setTotal(size)
+
+    def write(self, data):
+        self._sink.write(data)
+
+    def commit(self, mode, mtime):
+        return self._sink.commit(mode, mtime)
+
+    def discard(self):
+        self._sink.discard()
 
 
 class FileRun:
@@ -225,16 +226,29 @@ class FileRun:
         vms = await self.targets()
         if not vms:
             raise CLIError("the daemon has no VMs", EXIT_TRANSPORT)
-        one = self._push if self.options.mode == "push" else self._pull
-        results = await DeferredList([ensureDeferred(self._one(one, vm)) for vm in vms], consumeErrors=True)
-        codes = []
+        mode = self.options.mode
+        one = self._push if mode == "push" else self._pull
+        remote = self.options.push[1] if mode == "push" else self.options.pull[0]
+        toStdout = mode == "pull" and self.options.pull[1] == "-"
+        self.progress = FileProgress(self.reactor, self.options, self.stdout, self.stderr, remote, toStdout=toStdout)
+        self.stdout, self.stderr = self.progress.stdout, self.progress.stderr
+        try:
+            results = await DeferredList([ensureDeferred(self._one(one, vm)) for vm in vms], consumeErrors=True)
+        finally:
+            self.progress.finish(quiet=self.outputError is not None)
+        outcomes = []
         for ok, value in results:
             if not ok:
                 value.raiseException()
-            codes.append(value)
+            outcomes.append(value)
         if self.outputError is not None:
             raise OutputError(self.outputError)
-        return max(codes) if codes else 0
+        status, summary = combine(
+            [(vm, code, failure) for vm, (code, failure) in zip(vms, outcomes)], self.options.reserved_exit_codes
+        )
+        if summary is not None and not self.options.json:
+            self.say(summary)
+        return status
 
     async def _one(self, one, vm):
         mode = self.options.mode
@@ -246,24 +260,25 @@ class FileRun:
             result, local = await one(vm, local, remote)
         except Exception as e:
             if self.outputError is not None:
-                return EXIT_PIPE
+                return EXIT_PIPE, "stdout-closed"
             failed = _failure(Failure(e))
             if failed is None:
                 raise
             message = prefixed(prefix, failed.message)
-            records.failed(record, failed.status, failed.failure, message)
+            status = exitStatus(failed.failure, self.options.reserved_exit_codes)
+            records.failed(record, status, failed.failure, message)
             if self.options.json:
                 self.stdout.write(records.line(record))
             else:
                 self.say(message)
-            return failed.status
+            return status, failed.failure
         record.update(ok=True, status=0, file={
             "local": local, "remote": remote, "size": result.size, "sha256": result.sha256,
             "mode": result.mode, "mtime": result.mtime,
         })
         if self.options.json:
             self.stdout.write(records.line(record))
-        return 0
+        return 0, None
 
     async def _checkFeature(self, vm):
         """
@@ -279,7 +294,7 @@ class FileRun:
             agent = self.hello.get("agent", "?")
         if FEATURE not in features:
             raise _Failed(
-                EXIT_REFUSED, "unsupported", "the guest's agent (%s) does not support files" % (agent,)
+                "unsupported", "the guest's agent (%s) does not support files" % (agent,)
             )
 
     async def _push(self, vm, local, remote):
@@ -289,32 +304,30 @@ class FileRun:
             try:
                 st = os.fstat(fd)
             except OSError as e:
-                raise _Failed(EXIT_FAILURE, "local-file", "cannot read stdin: %s" % (e.strerror or e,))
+                raise _Failed("local-file", "cannot read stdin: %s" % (e.strerror or e,))
             if stat.S_ISREG(st.st_mode):
                 mode, size = stat.S_IMODE(st.st_mode) & 0o777, st.st_size - os.lseek(fd, 0, os.SEEK_CUR)
         else:
             try:
                 fd = os.open(local, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError as e:
-                raise _Failed(EXIT_FAILURE, "local-file", "cannot read %s: %s" % (local, e.strerror or e))
+                raise _Failed("local-file", "cannot read %s: %s" % (local, e.strerror or e))
             owned = True
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)
-                raise _Failed(EXIT_FAILURE, "local-file", "cannot push %s: not a regular file" % (local,))
+                raise _Failed("local-file", "cannot push %s: not a regular file" % (local,))
             mode, mtime, size = stat.S_IMODE(st.st_mode) & 0o777, st.st_mtime, st.st_size
         sourceMtime = mtime
-        label = "%s%s" % ("%s:" % vm if vm else "", remote)
-        advance, finish = _progress(self, label, size)
+        transfer = self.progress.add(size)
         try:
             transfer = await startPush(
                 self.reactor, self.session, remote, fd, mode=mode,
-                mtime=mtime if opts.preserve else None, size=size, vm=vm, onProgress=advance,
+                mtime=mtime if opts.preserve else None, size=size, vm=vm, onProgress=transfer.advance,
             )
             self.running.append(transfer)
             result = await transfer.result
         finally:
-            finish()
             if owned:
                 os.close(fd)
         if sourceMtime is not None:
@@ -333,18 +346,18 @@ class FileRun:
             try:
                 sink.open()
             except OSError as e:
-                raise _Failed(EXIT_FAILURE, "local-file", "cannot write %s: %s" % (local, e.strerror or e))
-        advance, finish = _progress(self, "%s%s" % ("%s:" % vm if vm else "", remote), None)
+                raise _Failed("local-file", "cannot write %s: %s" % (local, e.strerror or e))
+        line = self.progress.add(None)
         try:
             transfer = await startPull(
-                self.reactor, self.session, remote, sink, vm=vm, preserve=opts.preserve, onProgress=advance
+                self.reactor, self.session, remote, _Announced(sink, line), vm=vm, preserve=opts.preserve,
+                onProgress=line.advance,
             )
             self.running.append(transfer)
             if local == "-":
                 gate = FlowGate(transfer.stream).attach(self.stdout)
             result = await transfer.result
         finally:
-            finish()
             if gate is not None:
                 gate.close()
             sink.discard()
@@ -369,16 +382,16 @@ def _failure(failure):
     if isinstance(e, _Failed):
         return e
     if isinstance(e, FileFailed):
-        return _Failed(EXITS.get(e.code, EXIT_TRANSPORT), e.code if e.code in EXITS else "transport", e.message)
-    if isinstance(e, StreamError) and e.code in EXITS:
-        return _Failed(EXITS[e.code], e.code, e.message or e.code)
+        return _Failed(e.code if e.code in FAILURES else "transport", e.message)
+    if isinstance(e, StreamError) and e.code in FAILURES:
+        return _Failed(e.code, e.message or e.code)
     if isinstance(e, StreamError) and e.code == "unknown-kind":
-        return _Failed(EXIT_REFUSED, "unsupported", "the guest's agent does not support files (%s)" % (e.message,))
+        return _Failed("unsupported", "the guest's agent does not support files (%s)" % (e.message,))
     code = exitFor(failure)
     if code is None:
         return None
     failureCode = e.code if isinstance(e, StreamError) and e.code else "transport"
-    return _Failed(code[0], failureCode, code[1])
+    return _Failed(failureCode, code[1])
 
 
-__all__ = ["EXITS", "FileRun", "checkFileOptions"]
+__all__ = ["FAILURES", "FileRun", "checkFileOptions"]

@@ -255,7 +255,9 @@ class NoAllowFilesTests(CLITestMixin, TestCase):
     @inlineCallbacks
     def test_unsupported(self):
         """
-        A guest whose agent does not list the files feature: one line, 126.
+        A guest whose agent does not list the files feature: one line,
+        exit 1 (docs/cli.md: C{unsupported}), 209 with
+        C{--reserved-exit-codes}.
         """
         from prokshy.guest import execs
 
@@ -263,8 +265,12 @@ class NoAllowFilesTests(CLITestMixin, TestCase):
         h = yield HostHarness(self, daemon=False).start()
         sock = h.vms["vm1"].socketPath
         out, err, code = yield runCLI(self, "--socket-path", sock, "--push", "/etc/hostname", "/tmp/x")
-        self.assertEqual(code, 126)
+        self.assertEqual(code, 1)
         self.assertOneLineError(err, "the guest's agent (prokshy/", "does not support files")
+        out, err, code = yield runCLI(
+            self, "--socket-path", sock, "--push", "/etc/hostname", "/tmp/x", "--reserved-exit-codes"
+        )
+        self.assertEqual(code, 209)
 
 
 class DaemonTests(Files, CLITestMixin, TestCase):
@@ -301,7 +307,9 @@ class DaemonTests(Files, CLITestMixin, TestCase):
     def test_allVMs(self):
         """
         C{--all-vms}: the file reaches each VM; one VM's refusal is its
-        own line, prefixed C{vm NAME: }, and the status is the highest.
+        own line, prefixed C{vm NAME: }, then the summary line of a run
+        on several VMs; the status is the highest (218 with
+        C{--reserved-exit-codes}: some VMs failed).
         """
         data = os.urandom(MB)
         local = self.write("all.bin", data)
@@ -319,7 +327,11 @@ class DaemonTests(Files, CLITestMixin, TestCase):
         self.assertEqual(code, 126)
         out, err, code = yield self.cli("--all-vms", "--push", local, remote)
         self.assertEqual(code, 126)
-        self.assertOneLineError(err, "vm b: ", "not inside an --allow-files directory")
+        first, summary = err.decode().splitlines()
+        self.assertOneLineError(first.encode() + b"\n", "vm b: ", "not inside an --allow-files directory")
+        self.assertEqual(summary, "prokshy: 1 of 2 VMs failed: vm b: not-allowed")
+        out, err, code = yield self.cli("--all-vms", "--push", local, remote, "--reserved-exit-codes")
+        self.assertEqual(code, 218, err)
         # Two VMs that both allow it: each gets it.
         for name in ("a", "b"):
             remote = os.path.join(self.dirs[name], "each.bin")
