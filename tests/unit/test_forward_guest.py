@@ -17,7 +17,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns
 from prokshy.forward.guestside import FEATURES as FORWARD_FEATURES
 from prokshy.forward.guestside import KINDS, GuestForwards
-from prokshy.guest.execs import FEATURES as EXEC_FEATURES
+from prokshy.guest.execs import EXEC_FEATURES as EXEC_ARGUMENTS
+from prokshy.guest.execs import FEATURES, FILES_FEATURE
+
+#: What a guest without forwards lists: its kinds, exec's arguments, files.
+EXEC_FEATURES = FEATURES + EXEC_ARGUMENTS + (FILES_FEATURE,)
 from prokshy.guest.execs import GuestStreams
 from prokshy.link.session import LinkConfig
 from prokshy.streams.stream import Stream, StreamRefused
