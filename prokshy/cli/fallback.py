@@ -212,8 +212,8 @@ class AutoChannel(Protocol):
         need = None
         if opts.forward_mode is not None:
             need = "forwarding needs a prokshy agent or daemon"
-        elif opts.status or opts.info:
-            need = "--status and --info need a prokshy agent"
+        elif opts.status or opts.info or getattr(opts, "ping", False):
+            need = "--status, --info and --ping need a prokshy agent"
         elif getattr(opts, "mode", None) == "list":
             need = "--list needs a prokshy agent (the original agent cannot list its commands)"
         elif opts.stdin:

@@ -203,6 +203,8 @@ class FramedRun:
             code = await self._status()
         elif mode == "info" or (mode is None and self.options.info):
             code = await self._queries(self._infoOne)
+        elif mode == "ping":
+            code = await self._queries(self._pingOne)
         elif mode == "list":
             code = await self._queries(self._listOne)
         else:
@@ -284,6 +286,26 @@ class FramedRun:
             self.emit(r)
         else:
             self.stdout.write(jsonLine(info if vm is None else dict(info, vm=vm)))
+        return r
+
+    async def _pingOne(self, vm, labelled):
+        """
+        C{--ping}: open a C{ping} stream (C{info}'s alias) and time its
+        answer, the round trip to the agent (through the daemon, if any).
+        """
+        r = records.record("ping", vm)
+        started = self.reactor.seconds()
+        try:
+            info = await self.session.ping(vm=vm)
+        except Exception as e:
+            return self._failed(r, vm, e)
+        rtt = (self.reactor.seconds() - started) * 1000.0
+        agent = "%s/%s" % (info.get("agent", "?"), info.get("version", "?"))
+        r.update(ok=True, ping={"agent": agent, "rtt_ms": round(rtt, 3)})
+        if self.json:
+            self.emit(r)
+        else:
+            self.stdout.write(("%s%s answered in %.2f ms\n" % (self._prefix(vm), agent, rtt)).encode("utf-8"))
         return r
 
     async def _agentName(self, vm):

@@ -271,6 +271,11 @@ def buildParser():
         help="show the agent's version, features, OS and uptime and exit",
     )
     parser.add_argument(
+        "--ping",
+        action="store_true",
+        help="check that the guest's agent answers, and how fast (one line per VM)",
+    )
+    parser.add_argument(
         "--list",
         action="store_true",
         dest="list_commands",
@@ -463,7 +468,7 @@ def _names(text, message):
 
 def _mode(parser, options):
     """
-    What the command line asks for: C{"exec"}, C{"status"}, C{"info"},
+    What the command line asks for: C{"exec"}, C{"status"}, C{"info"}, C{"ping"},
     C{"list"}, C{"forwards"}, C{"push"} or C{"pull"} (the C{mode} of its
     C{--json} records, L{prokshy.cli.records}).  Two of them are a usage
     error.
@@ -473,6 +478,7 @@ def _mode(parser, options):
         for mode, flag, on in (
             ("status", "--status", options.status),
             ("info", "--info", options.info),
+            ("ping", "--ping", options.ping),
             ("list", "--list", options.list_commands),
             ("push", "--push", options.push is not None),
             ("pull", "--pull", options.pull is not None),

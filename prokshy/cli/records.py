@@ -7,7 +7,7 @@ records with the same keys, success or failure:
 
   - C{vm}: the VM's name, or L{None} (a VM's own socket, or the daemon's
     default VM);
-  - C{mode}: C{"exec"}, C{"status"}, C{"info"}, C{"list"}, C{"forwards"},
+  - C{mode}: C{"exec"}, C{"status"}, C{"info"}, C{"ping"}, C{"list"}, C{"forwards"},
     C{"push"} or C{"pull"};
   - C{ok}: whether it succeeded: the command ran and its status is 0, the
     query was answered, the file was moved and verified;
@@ -59,6 +59,7 @@ PAYLOAD_KEYS = {
     "exec": "command",
     "status": "daemon",
     "info": "info",
+    "ping": "ping",
     "list": "commands",
     "forwards": "forwards",
     "push": "file",

@@ -77,6 +77,7 @@ def _usage(parser, message):
 _MODE_FLAGS = {
     "status": "--status",
     "info": "--info",
+    "ping": "--ping",
     "list": "--list",
     "push": "--push",
     "pull": "--pull",

@@ -218,6 +218,17 @@ class Session:
         """
         return self._document("info", {} if vm is None else {"vm": vm})
 
+    def ping(self, vm=None):
+        """
+        The agent's answer to a C{ping} stream (C{info}'s alias, docs/protocol.md
+        section 10.2): the same description; what the caller times is the
+        round trip.
+
+        @param vm: with a prokshy-host daemon, the VM to ask.
+        @return: a Deferred firing with a dict.
+        """
+        return self._document("ping", {} if vm is None else {"vm": vm})
+
     def status(self):
         """
         A prokshy-host daemon's status: every VM's state and counters.
