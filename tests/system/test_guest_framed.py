@@ -502,7 +502,7 @@ class InfoTests(FramedTestMixin, TestCase):
         # The agent's hello offered the same features, forwarding's kinds too.
         self.assertEqual(
             sorted(host.link.info.peerHello["features"]),
-            ["args", "connect", "exec", "files", "info", "listen", "signal", "stderr", "tty"],
+            ["args", "connect", "exec", "files", "info", "list", "listen", "signal", "stderr", "tty"],
         )
         self.assertEqual(sorted(info["features"]), sorted(host.link.info.peerHello["features"]))
 
