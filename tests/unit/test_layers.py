@@ -2,7 +2,7 @@
 The layer order of prokshy's packages, checked from the imports of every
 module (parsed with L{ast}, so lazy imports inside functions count too).
 
-    1 wire < 2 link < 3 streams < 4 execs < 5 {lines, forward} < 6 transport
+    1 wire < 2 link < 3 streams < 4 execs < 5 {lines, forward, files} < 6 transport
       < 7 {guest, host} < 8 {sim, cli, tap, demo, testing, plugins}
 
 A module imports only from lower layers and from its own package.  The
@@ -32,6 +32,7 @@ LAYERS: Dict[str, int] = {
     "execs": 4,
     "lines": 5,
     "forward": 5,
+    "files": 5,
     "transport": 6,
     "guest": 7,
     "host": 7,
