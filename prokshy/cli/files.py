@@ -64,7 +64,8 @@ from prokshy.files.rules import (
     NOT_A_FILE,
     NOT_ALLOWED,
 )
-from prokshy.host.files import FILE_CHANGED, FileFailed, LocalFile, startPull, startPush
+from prokshy.cli.input import StdinSource
+from prokshy.host.files import FILE_CHANGED, FileFailed, FileSource, LocalFile, startPull, startPush
 from prokshy.streams.stream import StreamError
 
 #: The failure codes of a file run itself (their exit codes are the
@@ -143,6 +144,17 @@ class _StdoutSink:
 
     def discard(self):
         pass
+
+
+def _localSource(reactor, fd, write, onEnd, onError):
+    """
+    The producer reading a push's LOCAL: the host's L{FileSource} for a
+    regular file; for stdin that is a pipe or a terminal, the CLI's
+    non-blocking reader (L{StdinSource}).
+    """
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return FileSource(reactor, fd, write, onEnd, onError)
+    return StdinSource(reactor, fd, write, onEnd)
 
 
 class _Announced:
@@ -324,6 +336,7 @@ class FileRun:
             transfer = await startPush(
                 self.reactor, self.session, remote, fd, mode=mode,
                 mtime=mtime if opts.preserve else None, size=size, vm=vm, onProgress=transfer.advance,
+                makeSource=_localSource,
             )
             self.running.append(transfer)
             result = await transfer.result

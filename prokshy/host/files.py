@@ -221,14 +221,14 @@ class FileSource:
 
 def _source(reactor, fd, write, onEnd, onError):
     """
-    The producer reading C{fd}: L{FileSource} for a regular file, else
-    (a pipe, a terminal: stdin) the CLI's non-blocking reader.
-    """
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        return FileSource(reactor, fd, write, onEnd, onError)
-    from prokshy.cli.input import StdinSource
+    The producer reading C{fd}, a regular file: L{FileSource}.
 
-    return StdinSource(reactor, fd, write, onEnd)
+    @raise ValueError: C{fd} is not a regular file (a pipe, a terminal:
+        the caller gives C{startPush} a C{makeSource} for those).
+    """
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise ValueError("not a regular file: give startPush a makeSource for a pipe or a terminal")
+    return FileSource(reactor, fd, write, onEnd, onError)
 
 
 def _checked(exit, digest, what):
@@ -250,7 +250,8 @@ def _checked(exit, digest, what):
     return size, sha256
 
 
-def startPush(reactor, session, remote, fd, mode=None, mtime=None, size=None, vm=None, onProgress=None):
+def startPush(reactor, session, remote, fd, mode=None, mtime=None, size=None, vm=None, onProgress=None,
+              makeSource=_source):
     """
     Push the file open on C{fd} to the guest's C{remote}.
 
@@ -260,6 +261,9 @@ def startPush(reactor, session, remote, fd, mode=None, mtime=None, size=None, vm
     @param size: the size, if known (the guest may check its space).
     @param vm: with a daemon, the VM.
     @param onProgress: called with each chunk's length as it is sent.
+    @param makeSource: C{makeSource(reactor, fd, write, onEnd, onError)}
+        -> the push producer reading C{fd} (default: L{FileSource}, for a
+        regular file).
     @return: a Deferred firing with a L{Transfer} once the guest accepted
         (failing with L{prokshy.streams.stream.StreamRefused}); the file is
         read from then on.
@@ -290,7 +294,7 @@ def startPush(reactor, session, remote, fd, mode=None, mtime=None, size=None, vm
             stream.unregisterProducer()
             stream.abort("cancelled", "the host could not read its file")
 
-        source = _source(reactor, fd, write, end, error)
+        source = makeSource(reactor, fd, write, end, error)
         stream.registerProducer(source, True)
         source.start()
         return Transfer(stream, result, source.stopProducing)
