@@ -348,3 +348,126 @@ def writeRows(rows, streamBytes):
             old = []
         with open(path, "w") as f:
             json.dump(old + out, f, indent=1)
+
+
+def underPTY(args, rows, cols, script, timeout=120):
+    """
+    Run the CLI with C{args} on a new local pty of C{rows} x C{cols}, as a
+    user at a terminal would: C{script} is a list of C{(wait_for, send)}:
+    once the output so far holds C{wait_for} (bytes), C{send} is typed.
+
+    @return: C{(exit status, everything the pty showed, the pty's termios
+        attributes before and after)}.
+    """
+    import fcntl
+    import select
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    before = termios.tcgetattr(slave)
+    env = dict(os.environ, TERM="xterm-256color")
+    p = subprocess.Popen([V.tool(INFO, "prokshy")] + list(args), stdin=slave, stdout=slave, stderr=slave,
+                         env=env, start_new_session=True)
+    shown, steps, deadline = b"", list(script), time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if steps and steps[0][0] in shown:
+                os.write(master, steps.pop(0)[1])
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    chunk = b""
+                shown += chunk
+            if p.poll() is not None and not ready:
+                break
+        after = termios.tcgetattr(slave)
+        code = p.wait(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+        os.close(slave)
+    return code, shown, before, after
+
+
+class RealVMFeatureTests(unittest.TestCase):
+    """
+    What the simulator cannot tell: files pushed to and pulled from a real
+    Linux guest's file system (the agent's --allow-files /srv/files), a
+    command's argv, and a command on a real guest pty driven from a local
+    pty.
+    """
+
+    skip = SKIP
+    timeout = 900
+
+    def setUp(self):
+        self.vm = sharedVM()
+        self.tmp = tempfile.mkdtemp(prefix="prokshy-vmtest-host-")
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", self.tmp]))
+
+    def test_pushPull(self):
+        """
+        8 MiB of random bytes pushed into the guest and pulled back: the same
+        sha256 (ours, and the guest's in the --json record), the mode kept,
+        --preserve keeps the mtime; a path outside --allow-files is refused
+        (126, not-allowed).
+        """
+        n = 8 << 20
+        payload = os.urandom(n)
+        digest = hashlib.sha256(payload).hexdigest()
+        local = os.path.join(self.tmp, "push.bin")
+        with open(local, "wb") as f:
+            f.write(payload)
+        os.chmod(local, 0o640)
+        os.utime(local, (1700000000, 1700000000))
+        t0 = time.perf_counter()
+        p = cli("--socket-path", self.vm.socketPath, "--push", local, "/srv/files/x.bin", "--preserve", "--json")
+        pushed = time.perf_counter() - t0
+        self.assertEqual(p.returncode, 0, p.stderr)
+        record = json.loads(p.stdout)
+        self.assertEqual((record["ok"], record["file"]["sha256"], record["file"]["size"]), (True, digest, n))
+        back = os.path.join(self.tmp, "back.bin")
+        t0 = time.perf_counter()
+        p = cli("--socket-path", self.vm.socketPath, "--pull", "/srv/files/x.bin", back, "--preserve")
+        pulled = time.perf_counter() - t0
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(back, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), digest)
+        st = os.stat(back)
+        self.assertEqual((st.st_mode & 0o777, int(st.st_mtime)), (0o640, 1700000000))
+        p = cli("--socket-path", self.vm.socketPath, "--pull", "/etc/passwd", back, "--json")
+        self.assertEqual(p.returncode, 126, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["failure"], "not-allowed")
+        report("REALVM 8 MiB push %.1f s, pull %.1f s (CLI runs, sha256 checked)" % (pushed, pulled))
+
+    def test_args(self):
+        """
+        ARGs reach the command as its argv, exactly (spaces, an empty one, a
+        leading dash, UTF-8), apart from its stdin.
+        """
+        args = ["a b", "", "-x", "h\u00e9llo", "*"]
+        p = cli("--socket-path", self.vm.socketPath, "--command", "argv", "--from-string", "data", "--", *args)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.decode("utf-8"), "".join("[%s]\n" % a for a in args) + "stdin 4\n")
+
+    def test_tty(self):
+        """
+        C{-t} from a local pty of 30 x 100: the command runs on a guest
+        terminal of that size with our TERM, a typed line reaches it, its
+        exit status comes back, and the local terminal is restored exactly.
+        """
+        code, shown, before, after = underPTY(
+            ["--socket-path", self.vm.socketPath, "-t", "--command", "ttyinfo"], 30, 100,
+            [(b"TERM=", b"typed here\r")])
+        text = shown.decode("utf-8", "replace")
+        self.assertEqual(code, 0, text)
+        self.assertIn("tty yes", text)
+        self.assertIn("size 30 100", text)
+        self.assertIn("TERM=xterm-256color", text)
+        self.assertIn("typed [typed here]", text)
+        self.assertEqual(before, after)
