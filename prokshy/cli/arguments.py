@@ -17,7 +17,7 @@ the command line is parsed (L{prokshy.execs.request.argsProblem}).
 
 from twisted.python.failure import Failure
 
-from prokshy.cli.format import EXIT_UNSUPPORTED, EXIT_USAGE, CLIError, exitFor
+from prokshy.cli.format import CLIError, exitFor, exitStatus
 from prokshy.host.client import _execArgs
 from prokshy.streams.stream import encodeJSON
 
@@ -45,7 +45,7 @@ def _agent(info):
 
 async def checkFeatures(run, vms):
     """
-    Refuse (L{CLIError}, L{EXIT_UNSUPPORTED}) an exec that a target guest
+    Refuse (L{CLIError}, exit 1: C{unsupported}) an exec that a target guest
     cannot run as asked.  Directly on a VM the guest's hello says; through
     a daemon (whose hello lists its own features) each VM's C{info} does.
     A VM whose C{info} fails is left to its exec, which fails the same way.
@@ -75,7 +75,8 @@ async def checkFeatures(run, vms):
                     "%sthe guest's agent (%s) cannot take %s: it has no %r feature; "
                     "the command was not run (upgrade prokshy-guest)"
                     % (where, _agent(info), what, feature),
-                    EXIT_UNSUPPORTED,
+                    exitStatus("unsupported"),
+                    "unsupported",
                 )
 
 
@@ -93,7 +94,7 @@ def openSize(run, vm, tty=None):
 
 def checkFits(run, vms, tty=None):
     """
-    Refuse (L{CLIError}, L{EXIT_USAGE}) arguments whose OPEN would not fit
+    Refuse (L{CLIError}, exit 2: C{usage}) arguments whose OPEN would not fit
     one frame of the peer's C{max_payload}.
     """
     if not run.options.args:
@@ -110,5 +111,6 @@ def checkFits(run, vms, tty=None):
                 "the arguments do not fit in one request: it would take %d bytes, and %s "
                 "takes at most %d (its max_payload); send big data on stdin instead"
                 % (size, peer, allowed),
-                EXIT_USAGE,
+                exitStatus("usage"),
+                "usage",
             )

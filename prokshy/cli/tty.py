@@ -41,7 +41,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from prokshy.cli.arguments import checkFeatures, checkFits
-from prokshy.cli.format import EXIT_TRANSPORT, EXIT_USAGE, CLIError, exitFor, prefixed, resultStatus
+from prokshy.cli.format import CLIError, exitFor, exitStatus, prefixed, resultStatus
 from prokshy.cli.framed import FramedRun
 from prokshy.cli.input import StdinFanout
 from prokshy.cli.output import EXIT_PIPE, FlowGate
@@ -300,9 +300,9 @@ class TTYRun(FramedRun):
     async def run(self):
         vms = await self.targets()
         if not vms:
-            raise CLIError("the daemon has no VMs", EXIT_TRANSPORT)
+            raise CLIError("the daemon has no VMs", exitStatus("transport"), "transport")
         if len(vms) != 1:
-            raise CLIError("-t runs one command on one VM", EXIT_USAGE)
+            raise CLIError("-t runs one command on one VM", exitStatus("usage"), "usage")
         vm = vms[0]
         await checkFeatures(self, vms)
         self.size = initialSize(self.stdinFD, self.environ)
@@ -327,7 +327,7 @@ class TTYRun(FramedRun):
                 tty=request,
             )
         except Exception as e:
-            code = exitFor(Failure(e))
+            code = exitFor(Failure(e), self.reserved)
             if code is None:
                 raise
             self.say(prefixed(prefix, code[1]))
@@ -344,7 +344,7 @@ class TTYRun(FramedRun):
             except Exception as e:
                 if self.outputError is not None:
                     return EXIT_PIPE
-                code = exitFor(Failure(e))
+                code = exitFor(Failure(e), self.reserved)
                 if code is None:
                     raise
                 await self._drained()
@@ -358,7 +358,7 @@ class TTYRun(FramedRun):
             return EXIT_PIPE
         await self._drained()
         self._leave()
-        status, notes = resultStatus(opts.command, result)
+        status, notes = resultStatus(opts.command, result, self.reserved)
         for note in notes:
             self.say(prefix + note)
         return status

@@ -183,6 +183,8 @@ class ArgsMixin(CLITestMixin):
         out, err, code = yield self.cli("--command", "argv", "--", "a")
         self.assertEqual((out, code), (b"", 1))
         self.assertOneLineError(err, "cannot take arguments", "'args' feature", "not run")
+        out, err, code = yield self.cli("--reserved-exit-codes", "--command", "argv", "--", "a")
+        self.assertEqual((out, code), (b"", 209))
         self.assertEqual(self.ranCount(), 0)
         # Without ARGs the command runs as before.
         out, err, code = yield self.cli("--command", "argv", "--from-string", "in")
@@ -218,6 +220,8 @@ class DirectArgsTests(ArgsMixin, TestCase):
         out, err, code = yield self.cli("--command", "argv", "--", "x" * 5000)
         self.assertEqual((out, code), (b"", 2))
         self.assertOneLineError(err, "do not fit", "at most 4096", "max_payload")
+        out, err, code = yield self.cli("--reserved-exit-codes", "--command", "argv", "--", "x" * 5000)
+        self.assertEqual((out, code), (b"", 200))
         self.assertEqual(self.ranCount(), 0)
 
 
