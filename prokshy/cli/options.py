@@ -22,6 +22,10 @@ C{--command} nor an input:
   - C{--forwards}: list the daemon's forwards;
   - C{--unforward ID} (repeatable): remove forwards.
 
+The flags of the other modes and their checks (C{--ping}, C{--list},
+C{-t}, C{ARG...}, C{--push}/C{--pull}, progress, C{--json-stream},
+C{--reserved-exit-codes}) and C{options.mode} are L{prokshy.cli.modes}'.
+
 C{forward_mode} says which: C{"add"}, C{"list"}, C{"remove"}, or L{None}.
 They exclude C{--command}, C{--status}, C{--info} (and the command's
 input) and each other (C{--forwards} and C{--unforward} exclude
@@ -38,6 +42,7 @@ import re
 import attrs
 
 from prokshy._version import __version__
+from prokshy.cli.modes import addModeFlags, checkModes, modeOf, reservedUsage
 from prokshy.forward.spec import SpecError, checkDirection, parseSpec
 
 DEFAULT_TIMEOUT = 1.0
@@ -270,80 +275,7 @@ def buildParser():
         action="store_true",
         help="show the agent's version, features, OS and uptime and exit",
     )
-    parser.add_argument(
-        "--ping",
-        action="store_true",
-        help="check that the guest's agent answers, and how fast (one line per VM)",
-    )
-    parser.add_argument(
-        "--list",
-        action="store_true",
-        dest="list_commands",
-        help="list the commands the guest offers (its command.d), with their descriptions",
-    )
-    parser.add_argument(
-        "-t",
-        "--tty",
-        action="store_true",
-        help="run the command on a terminal in the guest, this terminal in raw mode "
-        "(an interactive program: a shell, an editor); framed protocol, one VM",
-    )
-    parser.add_argument(
-        "args",
-        nargs="*",
-        metavar="ARG",
-        help="arguments for the command (its argv; after --command NAME, best after --); "
-        "framed protocol",
-    )
-    files = parser.add_argument_group(
-        "files",
-        "Copy files to and from the guest, verified end to end (sha256), written "
-        "atomically (a temporary file, then rename), keeping the mode. The guest "
-        "agent's --allow-files DIR decides what may be reached. LOCAL may be - "
-        "(stdin for --push, stdout for --pull).",
-    )
-    files.add_argument(
-        "--push",
-        nargs=2,
-        metavar=("LOCAL", "REMOTE"),
-        help="copy LOCAL to REMOTE in the guest (with --all-vms or several --vm: to each)",
-    )
-    files.add_argument(
-        "--pull",
-        nargs=2,
-        metavar=("REMOTE", "LOCAL"),
-        help="copy the guest's REMOTE to LOCAL",
-    )
-    files.add_argument(
-        "--preserve",
-        action="store_true",
-        help="with --push or --pull: keep the modification time too",
-    )
-    progress = parser.add_mutually_exclusive_group()
-    progress.add_argument(
-        "--progress",
-        action="store_true",
-        default=None,
-        help="show bytes, rate and ETA of long transfers on stderr (default: when stderr is a terminal)",
-    )
-    progress.add_argument(
-        "--no-progress",
-        action="store_false",
-        dest="progress",
-        help="never show progress",
-    )
-    parser.add_argument(
-        "--json-stream",
-        action="store_true",
-        help="print JSON Lines events as they happen (output in base64 chunks), "
-        "ending with each VM's --json record: memory stays bounded",
-    )
-    parser.add_argument(
-        "--reserved-exit-codes",
-        action="store_true",
-        help="exit with prokshy's own failures in a reserved range (docs/cli.md), "
-        "so they cannot be taken for the command's status",
-    )
+    addModeFlags(parser)
     forwarding = parser.add_argument_group(
         "forwarding",
         "SPEC is ssh's: [VM=][BIND:]PORT:HOST:HOSTPORT, the listening side first; "
@@ -466,58 +398,6 @@ def _names(text, message):
     return repr(text) in message or bool(rest) and repr(rest) in message
 
 
-def _mode(parser, options):
-    """
-    What the command line asks for: C{"exec"}, C{"status"}, C{"info"}, C{"ping"},
-    C{"list"}, C{"forwards"}, C{"push"} or C{"pull"} (the C{mode} of its
-    C{--json} records, L{prokshy.cli.records}).  Two of them are a usage
-    error.
-    """
-    given = [
-        (mode, flag)
-        for mode, flag, on in (
-            ("status", "--status", options.status),
-            ("info", "--info", options.info),
-            ("ping", "--ping", options.ping),
-            ("list", "--list", options.list_commands),
-            ("push", "--push", options.push is not None),
-            ("pull", "--pull", options.pull is not None),
-            ("forwards", "--forward", options.forward_mode is not None),
-        )
-        if on
-    ]
-    if len(given) > 1:
-        parser.error("%s cannot be used with %s" % (given[0][1], given[1][1]))
-    if given and given[0][0] != "forwards" and options.command is not None:
-        parser.error("%s cannot be used with --command" % (given[0][1],))
-    return given[0][0] if given else "exec"
-
-
-def _reservedUsage(parser, argv):
-    """
-    With C{--reserved-exit-codes} on the command line (or a prefix of it
-    that argparse takes for it), a usage error exits with the reserved
-    usage code (docs/cli.md) instead of 2: it is found before the options
-    are parsed, so that their own errors are mapped too.
-    """
-    import sys
-
-    from prokshy.cli.format import EXIT_USAGE, reservedFor
-
-    flag = "--reserved-exit-codes"
-    args = sys.argv[1:] if argv is None else list(argv)
-    if "--" in args:
-        args = args[: args.index("--")]
-    if not any(a.startswith("--res") and flag.startswith(a) for a in args):
-        return
-    exit = parser.exit
-
-    def reservedExit(status=0, message=None):
-        exit(reservedFor("usage") if status == EXIT_USAGE else status, message)
-
-    parser.exit = reservedExit
-
-
 def parseArgs(argv=None):
     """
     Parse the command line.
@@ -530,7 +410,7 @@ def parseArgs(argv=None):
         C{--version}.
     """
     parser = buildParser()
-    _reservedUsage(parser, argv)  # --reserved-exit-codes: usage errors too (H3's block below)
+    reservedUsage(parser, argv)
     options = parser.parse_args(argv)
     if options.socket_path is None and options.connect is None:
         parser.error("one of the arguments --socket-path --connect is required")
@@ -539,24 +419,8 @@ def parseArgs(argv=None):
     options.forward_specs = list(options.forward_specs or [])
     options.unforward = list(options.unforward or [])
     options.forward_mode = _forwardMode(parser, options)
-    options.mode = _mode(parser, options)
-    # -- files (issue 11, section 1): --push, --pull, --preserve ------------
-    from prokshy.cli.files import checkFileOptions
-
-    checkFileOptions(parser, options)
-    # -- end of files ----------------------------------------------------------
-    # -- a terminal and arguments (issue 11, sections 2 and 3): -t, ARG... ------
-    from prokshy.cli.tty import checkTTYOptions
-
-    checkTTYOptions(parser, options)
-    # -- end of -t and ARG... ----------------------------------------------------
-    # -- --list, --json-stream, --reserved-exit-codes (issue 11, sections 4, 6, 7) --
-    if options.json_stream:
-        # --json-stream prints the --json records too, as its last events.
-        options.json = True
-    if options.mode == "list" and options.protocol == "legacy":
-        parser.error("--list needs the framed protocol (the original agent cannot list its commands)")
-    # -- end of --list, --json-stream, --reserved-exit-codes ---------------------
+    options.mode = modeOf(parser, options)
+    checkModes(parser, options)
     query = options.mode != "exec"
     if not query:
         if options.command is None:
