@@ -55,8 +55,8 @@ from prokshy.cli.format import (
     messageLine,
     prefixed,
 )
-from prokshy.cli.progress import FileProgress
 from prokshy.cli.output import EXIT_PIPE, FlowGate
+from prokshy.cli.progressrun import FileProgress
 from prokshy.files.rules import (
     CHECKSUM_MISMATCH,
     FILE_ERROR,

@@ -145,7 +145,7 @@ class StdinFanout:
 
     def __init__(self, reactor, fd, runnings, progress=None):
         self.targets = list(runnings)
-        # The upload's progress line (L{prokshy.cli.progress}), or None.
+        # The upload's progress line (L{prokshy.cli.progressrun}), or None.
         self.progress = progress
         self.source = StdinSource(reactor, fd, self._write, self._end)
         self.gate = FlowGate(self.source)
@@ -206,7 +206,7 @@ class CommandInput:
         self.data = options.fullData
         self.fd = fd
         self._fanout = None
-        #: L{prokshy.cli.progress.ExecProgress} of the run, or None.
+        #: L{prokshy.cli.progressrun.ExecProgress} of the run, or None.
         self.progress = None
 
     def started(self, running):

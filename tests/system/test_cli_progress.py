@@ -485,7 +485,7 @@ def _chunk(i):
 class FileProgressTests(_Run, TestCase):
     """
     C{--push} and C{--pull} (L{prokshy.cli.files}, through
-    L{prokshy.cli.progress.FileProgress}): the line is labelled with the
+    L{prokshy.cli.progressrun.FileProgress}): the line is labelled with the
     remote path.
     """
 

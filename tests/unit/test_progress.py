@@ -1,7 +1,8 @@
 """
 L{prokshy.cli.progress}: the progress line's text, rate, ETA, throttling,
-erasing and redrawing, width, and when it shows; on a L{task.Clock} with a
-fake write.
+erasing and redrawing, width, and when it shows; L{prokshy.cli.progressrun}:
+the CLI's wiring of it (which runs get a line, the erasing outputs); on a
+L{task.Clock} with a fake write.
 """
 
 import os
@@ -14,6 +15,7 @@ from zope.interface.verify import verifyObject
 
 from prokshy import _machines
 from prokshy.cli import progress as P
+from prokshy.cli import progressrun as R
 from prokshy.cli.input import StdinFanout
 from prokshy.cli.options import parseArgs
 from prokshy.cli.output import Collector, FileOutput, IOutput
@@ -336,11 +338,11 @@ class WantedTests(TestCase):
         self.addCleanup(os.close, fd)
         os.write(fd, b"x" * 1000)
         os.lseek(fd, 300, os.SEEK_SET)
-        self.assertEqual(P.remainingSize(fd), 700)
+        self.assertEqual(R.remainingSize(fd), 700)
         r, w = os.pipe()
         self.addCleanup(os.close, r)
         self.addCleanup(os.close, w)
-        self.assertIsNone(P.remainingSize(r))
+        self.assertIsNone(R.remainingSize(r))
 
     def test_sameTerminal(self):
         master, slave = pty.openpty()
@@ -351,14 +353,14 @@ class WantedTests(TestCase):
         m2, s2 = pty.openpty()
         self.addCleanup(os.close, m2)
         self.addCleanup(os.close, s2)
-        self.assertTrue(P.sameTerminal(slave, other))
-        self.assertFalse(P.sameTerminal(slave, s2))
-        self.assertFalse(P.sameTerminal(slave, None))
+        self.assertTrue(R.sameTerminal(slave, other))
+        self.assertFalse(R.sameTerminal(slave, s2))
+        self.assertFalse(R.sameTerminal(slave, None))
 
 
 class ProgressOutputTests(TestCase):
     def test_interface(self):
-        self.assertTrue(verifyObject(IOutput, P.ProgressOutput(Collector())))
+        self.assertTrue(verifyObject(IOutput, R.ProgressOutput(Collector())))
 
     def test_erasedBeforeWrite(self):
         """
@@ -367,7 +369,7 @@ class ProgressOutputTests(TestCase):
         """
         clock = task.Clock()
         inner = Collector()
-        out = P.ProgressOutput(inner)
+        out = R.ProgressOutput(inner)
         progress = P.Progress(clock, inner.write, "output", width=lambda: 80, state=out.state)
         out.progresses.append(progress)
         progress.advance(1000)
@@ -388,7 +390,7 @@ class ProgressOutputTests(TestCase):
         """
         clock = task.Clock()
         inner = Collector()
-        out = P.ProgressOutput(inner)
+        out = R.ProgressOutput(inner)
         progress = P.Progress(clock, inner.write, "output", width=lambda: 80, state=out.state)
         out.progresses.append(progress)
         progress.advance(1000)
@@ -407,8 +409,8 @@ class ProgressOutputTests(TestCase):
         """
         clock = task.Clock()
         err, outInner = Collector(), Collector()
-        errOut = P.ProgressOutput(err)
-        stdout = P.ProgressOutput(outInner, errOut.state, stdout=True)
+        errOut = R.ProgressOutput(err)
+        stdout = R.ProgressOutput(outInner, errOut.state, stdout=True)
         busy = [False]
         errOut.state.busy = lambda: busy[0]
         progress = P.Progress(clock, err.write, "stdin", width=lambda: 80, state=errOut.state)
@@ -469,10 +471,10 @@ class ExecProgressTests(TestCase):
         ttyOut = port(os.dup(slave), "stdout")
         self.addCleanup(os.close, ttyOut.fd)
         # stderr a terminal, stdout a file: output line; stdin (a file): upload line first
-        run = P.ExecProgress(clock, _Options(None, stdin=True), fileOut, tty, fileFD)
+        run = R.ExecProgress(clock, _Options(None, stdin=True), fileOut, tty, fileFD)
         self.assertEqual((run.uploadWanted, run.outputWanted), (True, True))
         self.assertIs(run.stdout, fileOut)
-        self.assertIsInstance(run.stderr, P.ProgressOutput)
+        self.assertIsInstance(run.stderr, R.ProgressOutput)
         self.assertTrue(run.output.held)
         upload = run.startUpload(fileFD)
         self.assertEqual(upload.progress.total, 0)
@@ -480,31 +482,31 @@ class ExecProgressTests(TestCase):
         self.assertFalse(run.output.held)
         run.finish()
         # stdout the same terminal: no output line, stdout wrapped too
-        run = P.ExecProgress(clock, _Options(None, stdin=True), ttyOut, tty, fileFD)
+        run = R.ExecProgress(clock, _Options(None, stdin=True), ttyOut, tty, fileFD)
         self.assertEqual((run.uploadWanted, run.outputWanted), (True, False))
-        self.assertIsInstance(run.stdout, P.ProgressOutput)
+        self.assertIsInstance(run.stdout, R.ProgressOutput)
         run.finish()
         # ... and without --stdin no line at all: nothing wrapped
-        run = P.ExecProgress(clock, _Options(None), ttyOut, tty, fileFD)
+        run = R.ExecProgress(clock, _Options(None), ttyOut, tty, fileFD)
         self.assertEqual((run.uploadWanted, run.outputWanted), (False, False))
         self.assertEqual((run.stdout, run.stderr), (ttyOut, tty))
         run.finish()
         # stdin a terminal: no upload line (the user types on it)
-        run = P.ExecProgress(clock, _Options(None, stdin=True), fileOut, tty, slave)
+        run = R.ExecProgress(clock, _Options(None, stdin=True), fileOut, tty, slave)
         self.assertFalse(run.uploadWanted)
         self.assertFalse(run.output.held)
         run.finish()
         # stderr not a terminal: nothing, nothing wrapped
-        run = P.ExecProgress(clock, _Options(None, stdin=True), fileOut, fileOut, fileFD)
+        run = R.ExecProgress(clock, _Options(None, stdin=True), fileOut, fileOut, fileFD)
         self.assertEqual((run.uploadWanted, run.outputWanted, run.output), (False, False, None))
         self.assertIs(run.stderr, fileOut)
         self.assertEqual(run.counted(len, len), (len, len))
         # --progress: everything, even a terminal's stdout
-        run = P.ExecProgress(clock, _Options(True, stdin=True), ttyOut, fileOut, slave)
+        run = R.ExecProgress(clock, _Options(True, stdin=True), ttyOut, fileOut, slave)
         self.assertEqual((run.uploadWanted, run.outputWanted), (True, True))
         run.finish()
         # --no-progress: nothing
-        run = P.ExecProgress(clock, _Options(False, stdin=True), fileOut, tty, fileFD)
+        run = R.ExecProgress(clock, _Options(False, stdin=True), fileOut, tty, fileFD)
         self.assertEqual((run.uploadWanted, run.outputWanted), (False, False))
         self.assertIs(run.stderr, tty)
         self.assertEqual(clock.getDelayedCalls(), [])
@@ -516,7 +518,7 @@ class ExecProgressTests(TestCase):
         """
         clock = task.Clock()
         err = Collector()
-        run = P.ExecProgress(clock, _Options(True), Collector(), err, 0)
+        run = R.ExecProgress(clock, _Options(True), Collector(), err, 0)
         got = []
         a = run.counted(got.append, got.append)
         b = run.counted(got.append, got.append)
@@ -598,8 +600,8 @@ class FileProgressTests(TestCase):
         """
         clock = task.Clock()
         err = Collector()
-        run = P.FileProgress(clock, _Options(True), Collector(), err, "/srv/x.img")
-        self.assertIsInstance(run.stderr, P.ProgressOutput)
+        run = R.FileProgress(clock, _Options(True), Collector(), err, "/srv/x.img")
+        self.assertIsInstance(run.stderr, R.ProgressOutput)
         a = run.add(1_000_000)
         self.assertEqual((run.progress.label, run.progress.total), ("/srv/x.img", 1_000_000))
         b = run.add(None)
@@ -624,12 +626,12 @@ class FileProgressTests(TestCase):
         """
         clock = task.Clock()
         err, out = Collector(), Collector()
-        run = P.FileProgress(clock, _Options(False), out, err, "/x")
+        run = R.FileProgress(clock, _Options(False), out, err, "/x")
         transfer = run.add(10)
         self.assertEqual((transfer.advance, run.stdout, run.stderr), (None, out, err))
         transfer.setTotal(20)
         run.finish()
-        run = P.FileProgress(clock, _Options(None), out, err, "/x")
+        run = R.FileProgress(clock, _Options(None), out, err, "/x")
         self.assertIsNone(run.add(10).advance)
         self.assertEqual(clock.getDelayedCalls(), [])
 
@@ -652,13 +654,13 @@ class FileProgressTests(TestCase):
             self.addCleanup(p.restore)
             self.addCleanup(p.abort)
         clock = task.Clock()
-        self.assertFalse(P.FileProgress(clock, _Options(None), out, err, "/x", toStdout=True).wanted)
-        self.assertTrue(P.FileProgress(clock, _Options(True), out, err, "/x", toStdout=True).wanted)
-        run = P.FileProgress(clock, _Options(None), out, err, "/x")
+        self.assertFalse(R.FileProgress(clock, _Options(None), out, err, "/x", toStdout=True).wanted)
+        self.assertTrue(R.FileProgress(clock, _Options(True), out, err, "/x", toStdout=True).wanted)
+        run = R.FileProgress(clock, _Options(None), out, err, "/x")
         self.assertTrue(run.wanted)
-        self.assertIsInstance(run.stdout, P.ProgressOutput)
+        self.assertIsInstance(run.stdout, R.ProgressOutput)
         run.finish()
-        run = P.FileProgress(clock, _Options(True), out, err, "/x", toStdout=True)
+        run = R.FileProgress(clock, _Options(True), out, err, "/x", toStdout=True)
         run.add(None).advance(2000)
         clock.advance(0.25)
         run.finish(quiet=True)
@@ -689,7 +691,7 @@ class CancelTests(TestCase):
         """
         clock = task.Clock()
         err = Collector()
-        run = P.ExecProgress(clock, _Options(True), Collector(), err, 0)
+        run = R.ExecProgress(clock, _Options(True), Collector(), err, 0)
         out, _ = run.counted(len, len)
         out(b"x" * 2_000_000)
         clock.advance(0.25)
