@@ -1,9 +1,12 @@
-# -*- test-case-name: tests.system.test_cli_framed,tests.system.test_cli_json,tests.system.test_cli_list,tests.system.test_exit_codes -*-
+# -*- test-case-name: tests.system.test_cli_framed,tests.system.test_cli_json,tests.system.test_exit_codes,tests.system.test_exec_args -*-
 """
 The CLI's framed run: once a framed session is up (L{prokshy.cli.fallback}
-decided it), run what the options ask for over it: C{--status}, C{--info},
-C{--list}, or the command on one VM or several, with its input
-(L{prokshy.cli.input}) and its output printed (L{prokshy.cli.format}).
+decided it), L{FramedRun.run} does what C{options.mode} asks for over it.
+The query modes (C{--status}, C{--info}, C{--ping}, C{--list}) are
+L{prokshy.cli.queries}'; this module is the exec run: the command on one VM
+or several, with its input (L{prokshy.cli.input}) and its output printed
+(L{prokshy.cli.format}).  What every mode shares (its target VMs, its
+records reported and combined) is L{prokshy.cli.reports}'.
 
 Every mode makes one record per VM (L{prokshy.cli.records}): its status and,
 for prokshy's own failures, its C{failure} code.  With C{--json} the
@@ -22,80 +25,24 @@ is written as an event as it comes, under the output's flow control).
 import collections
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from prokshy.cli import records
 from prokshy.cli.arguments import checkFeatures, checkFits
 from prokshy.cli.format import (
-    EXIT_TRANSPORT,
-    EXIT_USAGE,
-    CLIError,
-    Labeller,
-    combine,
-    execRecord,
-    exitStatus,
-    failureOf,
-    finishRecord,
-    formatCommands,
-    formatStatus,
-    jsonLine,
-    messageLine,
-    prefixed,
-    resultStatus,
+    EXIT_TRANSPORT, CLIError, Labeller, execRecord, failureOf, finishRecord, prefixed, resultStatus,
 )
 from prokshy.cli.input import CommandInput
 from prokshy.cli.legacy import OutputError
 from prokshy.cli.output import EXIT_PIPE, FlowGate
-from prokshy.cli.progress import ExecProgress
-from prokshy.streams.stream import StreamRefused, decodeJSON
-
-#: The largest answer of a C{list} stream the CLI reads (the guest's is at
-#: most 4096 entries of a name and 200 characters).
-LIST_ANSWER_LIMIT = 8 * 1024 * 1024
+from prokshy.cli.progressrun import ExecProgress
+from prokshy.cli.queries import Queries
 
 
-class _TooBig(Exception):
+class FramedRun(Queries):
     """
-    A document stream's answer passed its limit.
-    """
-
-
-class _Document(Protocol):
-    """
-    Reads one JSON document from a stream (C{info}, C{list}), at most
-    C{limit} bytes of it.
-    """
-
-    def __init__(self, limit):
-        self.limit = limit
-        self.chunks = []
-        self.size = 0
-        self.done = Deferred()
-
-    def dataReceived(self, data):
-        self.size += len(data)
-        if self.size > self.limit:
-            self.chunks = []
-            if not self.done.called:
-                self.done.errback(_TooBig("the answer passed %d bytes" % (self.limit,)))
-            self.transport.abort("too-big", "the answer is too big")
-            return
-        self.chunks.append(data)
-
-    def connectionLost(self, reason):
-        if self.done.called:
-            return
-        if reason.check(ConnectionDone):
-            self.done.callback(b"".join(self.chunks))
-        else:
-            self.done.errback(reason)
-
-
-class FramedRun:
-    """
-    What the CLI does once a framed session is up.
+    What the CLI does once a framed session is up: the exec run, and the
+    query modes of its L{Queries} mixin.
 
     @param stdout: the output for the commands' stdout (an
         L{prokshy.cli.output.IOutput}).
@@ -125,13 +72,6 @@ class FramedRun:
         self.json = bool(options.json) or self.streaming
         stdout.whenLost(self._stdoutLost)
 
-    @property
-    def isDaemon(self):
-        return self.hello.get("server") == "prokshy-host"
-
-    def say(self, message):
-        self.stderr.write(messageLine(message))
-
     def _stdoutLost(self, error):
         if self.outputError is not None:
             return
@@ -148,55 +88,6 @@ class FramedRun:
             except Exception:
                 pass
 
-    def status(self, failure):
-        """
-        The exit status of prokshy's own failure C{failure} (the table of
-        docs/cli.md, reserved with C{--reserved-exit-codes}).
-        """
-        return exitStatus(failure, self.reserved)
-
-    def emit(self, record, stdout=(), stderr=()):
-        """
-        Print a record (C{--json}, C{--json-stream}), with the command's
-        output as its C{stdout} and C{stderr}.
-        """
-        if self.json:
-            records.writeLine(self.stdout.write, record, stdout, stderr)
-
-    def _fail(self, record, failure, message):
-        """
-        Mark C{record} failed (prokshy's own failure, or a refusal) and
-        report it: its JSON line, or the message on stderr.
-        """
-        records.failed(record, self.status(failure), failure, message)
-        if self.json:
-            self.emit(record)
-        else:
-            self.say(message)
-        return record
-
-    def combined(self, recs):
-        """
-        The exit status of the run's records (L{combine}), saying its
-        summary line when prokshy failed on some of several VMs.
-        """
-        status, summary = combine(((r["vm"], r["status"], r["failure"]) for r in recs), self.reserved)
-        if summary is not None:
-            self.say(summary)
-        return status
-
-    async def targets(self):
-        opts = self.options
-        if (opts.vm or opts.all_vms) and not self.isDaemon:
-            raise CLIError("--vm and --all-vms need a prokshy-host daemon", EXIT_USAGE)
-        if opts.all_vms:
-            if "vms" in self.hello:
-                return list(self.hello["vms"] or [])
-            # A daemon with too many VMs to list in its hello.
-            status = await self.session.status()
-            return [vm.get("name") for vm in status.get("vms") or []]
-        return list(opts.vm or [None])
-
     async def run(self):
         mode = getattr(self.options, "mode", None)
         if mode == "status" or (mode is None and self.options.status):
@@ -212,163 +103,6 @@ class FramedRun:
         if self.outputError is not None:
             raise OutputError(self.outputError)
         return code
-
-    # -- --status ---------------------------------------------------------------
-
-    async def _status(self):
-        if not self.isDaemon:
-            # A VM's own socket: the agent's info.
-            return await self._queries(self._infoOne)
-        status = await self.session.status()
-        code = 0
-        wanted = self.options.vm
-        vms = list(status.get("vms") or [])
-        names = [vm.get("name") for vm in vms]
-        missing = []
-        if wanted:
-            for name in wanted:
-                if name not in names:
-                    missing.append(name)
-                    code = max(code, self.status("no-such-vm"))
-            vms = [vm for vm in vms if vm.get("name") in wanted]
-        if self.json:
-            daemon = status.get("daemon")
-            for vm in vms:
-                r = records.record("status", vm.get("name"), daemon={"daemon": daemon, "vm": vm})
-                up = vm.get("state") == "up"
-                r.update(ok=up, error=None if up else "vm %s: %s" % (vm.get("name"), vm.get("reason")))
-                self.emit(r)
-            for name in missing:
-                r = records.record("status", name)
-                records.failed(r, self.status("no-such-vm"), "no-such-vm", self._noSuchVM(name, names))
-                self.emit(r)
-            return code
-        for name in missing:
-            self.say(self._noSuchVM(name, names))
-        if vms or not wanted:
-            self.stdout.write(formatStatus(dict(status, vms=vms)).encode("utf-8"))
-        return code
-
-    @staticmethod
-    def _noSuchVM(name, names):
-        return "no vm named %r (the daemon has: %s)" % (name, ", ".join(map(str, names)))
-
-    # -- --info and --list --------------------------------------------------------
-
-    async def _queries(self, one):
-        """
-        Ask each target VM in turn (C{one(vm, labelled)} -> its record).
-        """
-        vms = await self.targets()
-        labelled = len(vms) > 1
-        recs = []
-        for vm in vms:
-            recs.append(await one(vm, labelled))
-        return self.combined(recs)
-
-    def _prefix(self, vm):
-        return "vm %s: " % (vm,) if vm is not None else ""
-
-    def _failed(self, record, vm, e):
-        known = failureOf(Failure(e))
-        if known is None:
-            raise e
-        return self._fail(record, known[0], prefixed(self._prefix(vm), known[1]))
-
-    async def _infoOne(self, vm, labelled):
-        r = records.record("info", vm)
-        try:
-            info = await self.session.info(vm=vm)
-        except Exception as e:
-            return self._failed(r, vm, e)
-        r.update(ok=True, info=info)
-        if self.json:
-            self.emit(r)
-        else:
-            self.stdout.write(jsonLine(info if vm is None else dict(info, vm=vm)))
-        return r
-
-    async def _pingOne(self, vm, labelled):
-        """
-        C{--ping}: open a C{ping} stream (C{info}'s alias) and time its
-        answer, the round trip to the agent (through the daemon, if any).
-        """
-        r = records.record("ping", vm)
-        started = self.reactor.seconds()
-        try:
-            info = await self.session.ping(vm=vm)
-        except Exception as e:
-            return self._failed(r, vm, e)
-        rtt = (self.reactor.seconds() - started) * 1000.0
-        agent = "%s/%s" % (info.get("agent", "?"), info.get("version", "?"))
-        r.update(ok=True, ping={"agent": agent, "rtt_ms": round(rtt, 3)})
-        if self.json:
-            self.emit(r)
-        else:
-            self.stdout.write(("%s%s answered in %.2f ms\n" % (self._prefix(vm), agent, rtt)).encode("utf-8"))
-        return r
-
-    async def _agentName(self, vm):
-        """
-        The guest's agent, for a message: C{prokshy/VERSION}.
-        """
-        if not self.isDaemon:
-            return str(self.hello.get("agent", "?"))
-        try:
-            info = await self.session.info(vm=vm)
-        except Exception:
-            return "?"
-        return "%s/%s" % (info.get("agent", "?"), info.get("version", "?"))
-
-    async def _unsupported(self, r, vm):
-        agent = await self._agentName(vm)
-        return self._fail(
-            r, "unsupported",
-            "%sthe guest's agent (%s) cannot list its commands: it has no 'list' feature "
-            "(upgrade prokshy-guest)" % (self._prefix(vm), agent),
-        )
-
-    async def _listOne(self, vm, labelled):
-        r = records.record("list", vm)
-        if not self.isDaemon and "list" not in (self.hello.get("features") or ()):
-            return await self._unsupported(r, vm)
-        reader = _Document(LIST_ANSWER_LIMIT)
-        try:
-            await self.session.mux.openStream("list", {} if vm is None else {"vm": vm}, reader)
-            answer = decodeJSON(await reader.done)
-        except StreamRefused as e:
-            if e.code == "unknown-kind":
-                return await self._unsupported(r, vm)
-            return self._failed(r, vm, e)
-        except _TooBig as e:
-            return self._fail(r, "transport", "%sthe guest's command list: %s" % (self._prefix(vm), e))
-        except ValueError as e:
-            return self._fail(r, "transport", "%sthe guest's command list is not JSON: %s" % (self._prefix(vm), e))
-        except Exception as e:
-            return self._failed(r, vm, e)
-        commands = answer.get("commands") if isinstance(answer, dict) else None
-        if not isinstance(commands, list) or not all(
-            isinstance(c, dict) and isinstance(c.get("name"), str)
-            and (c.get("description") is None or isinstance(c.get("description"), str))
-            for c in commands
-        ):
-            return self._fail(r, "transport", "%sthe guest's command list is malformed" % (self._prefix(vm),))
-        commands = [{"name": c["name"], "description": c.get("description")} for c in commands]
-        truncated = bool(answer.get("truncated"))
-        r.update(ok=True, commands=commands, truncated=truncated)
-        if self.json:
-            self.emit(r)
-            return r
-        text = formatCommands(commands).encode("utf-8", "replace")
-        if labelled:
-            label = Labeller(vm if vm is not None else "default", self.stdout.write)
-            label(text)
-            label.flush()
-        else:
-            self.stdout.write(text)
-        if truncated:
-            self.say("%sthe guest listed only its first %d commands" % (self._prefix(vm), len(commands)))
-        return r
 
     # -- exec -----------------------------------------------------------------
 
@@ -540,4 +274,4 @@ class FramedRun:
         return channel.close(timeout=1.0)
 
 
-__all__ = ["FramedRun", "LIST_ANSWER_LIMIT"]
+__all__ = ["FramedRun"]
