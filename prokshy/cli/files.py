@@ -45,18 +45,10 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.python.failure import Failure
 
 from prokshy.cli import records
-from prokshy.cli.format import (
-    EXIT_TRANSPORT,
-    EXIT_USAGE,
-    CLIError,
-    combine,
-    exitFor,
-    exitStatus,
-    messageLine,
-    prefixed,
-)
+from prokshy.cli.format import EXIT_TRANSPORT, CLIError, exitFor, prefixed
 from prokshy.cli.output import EXIT_PIPE, FlowGate
 from prokshy.cli.progressrun import FileProgress
+from prokshy.cli.reports import Reports
 from prokshy.files.rules import (
     CHECKSUM_MISMATCH,
     FILE_ERROR,
@@ -183,7 +175,7 @@ class _Announced:
         self._sink.discard()
 
 
-class FileRun:
+class FileRun(Reports):
     """
     What the CLI does for C{--push} or C{--pull} once a framed session is
     up.
@@ -200,14 +192,9 @@ class FileRun:
         self.hello = host.mux.info.peerHello if host.mux.info else {}
         self.running = []
         self.outputError = None
+        self.reserved = options.reserved_exit_codes
+        self.json = options.json
         stdout.whenLost(self._stdoutLost)
-
-    @property
-    def isDaemon(self):
-        return self.hello.get("server") == "prokshy-host"
-
-    def say(self, message):
-        self.stderr.write(messageLine(message))
 
     def _stdoutLost(self, error):
         if self.outputError is None:
@@ -220,17 +207,6 @@ class FileRun:
                 transfer.cancel()
             except Exception:
                 pass
-
-    async def targets(self):
-        opts = self.options
-        if (opts.vm or opts.all_vms) and not self.isDaemon:
-            raise CLIError("--vm and --all-vms need a prokshy-host daemon", EXIT_USAGE)
-        if opts.all_vms:
-            if "vms" in self.hello:
-                return list(self.hello["vms"] or [])
-            status = await self.session.status()
-            return [vm.get("name") for vm in status.get("vms") or []]
-        return list(opts.vm or [None])
 
     async def run(self):
         from prokshy.cli.legacy import OutputError
@@ -248,49 +224,35 @@ class FileRun:
             results = await DeferredList([ensureDeferred(self._one(one, vm)) for vm in vms], consumeErrors=True)
         finally:
             self.progress.finish(quiet=self.outputError is not None)
-        outcomes = []
+        recs = []
         for ok, value in results:
             if not ok:
                 value.raiseException()
-            outcomes.append(value)
+            recs.append(value)
         if self.outputError is not None:
             raise OutputError(self.outputError)
-        status, summary = combine(
-            [(vm, code, failure) for vm, (code, failure) in zip(vms, outcomes)], self.options.reserved_exit_codes
-        )
-        if summary is not None and not self.options.json:
-            self.say(summary)
-        return status
+        return self.combined(recs)
 
     async def _one(self, one, vm):
         mode = self.options.mode
         local, remote = self.options.push if mode == "push" else tuple(reversed(self.options.pull))
         record = records.record(mode, vm)
-        prefix = "vm %s: " % (vm,) if vm is not None else ""
         try:
             await self._checkFeature(vm)
             result, local = await one(vm, local, remote)
         except Exception as e:
             if self.outputError is not None:
-                return EXIT_PIPE, "stdout-closed"
+                return records.failed(record, EXIT_PIPE, "stdout-closed", "stdout was closed")
             failed = _failure(Failure(e))
             if failed is None:
                 raise
-            message = prefixed(prefix, failed.message)
-            status = exitStatus(failed.failure, self.options.reserved_exit_codes)
-            records.failed(record, status, failed.failure, message)
-            if self.options.json:
-                self.stdout.write(records.line(record))
-            else:
-                self.say(message)
-            return status, failed.failure
+            return self._fail(record, failed.failure, prefixed(self._prefix(vm), failed.message))
         record.update(ok=True, status=0, file={
             "local": local, "remote": remote, "size": result.size, "sha256": result.sha256,
             "mode": result.mode, "mtime": result.mtime,
         })
-        if self.options.json:
-            self.stdout.write(records.line(record))
-        return 0, None
+        self.emit(record)
+        return record
 
     async def _checkFeature(self, vm):
         """

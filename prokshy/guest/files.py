@@ -64,7 +64,6 @@ ignores the input on purpose (it is too late, or cannot come there)::
 import os
 
 from automat import MethodicalMachine
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -77,8 +76,8 @@ from prokshy.files.rules import (
     FileRefused,
     FileRules,
 )
+from prokshy.files.source import CHUNKS_PER_TURN, FileSource
 from prokshy.files.wire import (
-    CHUNK,
     Digest,
     encodeHeader,
     exitDocument,
@@ -92,10 +91,6 @@ from prokshy.wire import frames
 
 #: The feature the guest's hello lists for these kinds.
 FILES_FEATURE = "files"
-#: Chunks a file-get sends per reactor turn at most, before it lets the
-#: reactor run (the stream may not pause it for a while when credit is
-#: large).
-CHUNKS_PER_TURN = 16
 
 _log = Logger()
 
@@ -303,12 +298,12 @@ class FilePutProtocol(Protocol):
         self.lost(reason)
 
 
-@implementer(IPushProducer)
 class FileGetProtocol(Protocol):
     """
-    Sends one open file: the header line, its bytes (L{CHUNK} at a time,
-    at most L{CHUNKS_PER_TURN} per reactor turn, paused while the stream
-    is full), EOF, EXIT.
+    Sends one open file: the header line, its bytes (a
+    L{prokshy.files.source.FileSource}, the stream's producer: at most
+    C{CHUNKS_PER_TURN} chunks per reactor turn, paused while the stream is
+    full), EOF, EXIT.
 
     It reads until the end of the file, or one chunk past the size it
     announced (a file that grows ends there: the EXIT's size then differs
@@ -324,41 +319,17 @@ class FileGetProtocol(Protocol):
         self.size = st.st_size
         self.header = encodeHeader(st.st_size, st.st_mode & 0o7777, st.st_mtime)
         self.digest = Digest()
-        self._paused = False
         self._done = False
-        self._pumping = False
-        self._call = None
+        self.source = FileSource(clock, fd, self._send, self._finish, self._readFailed, limit=self.size)
 
     def connectionMade(self):
         self.transport.write(self.header)
-        self.transport.registerProducer(self, True)
-        self._schedule()
+        self.transport.registerProducer(self.source, True)
+        self.source.start()
 
-    def _schedule(self):
-        if self._call is None and not self._paused and not self._done:
-            self._call = self.clock.callLater(0, self._pump)
-
-    def _pump(self):
-        self._call = None
-        self._pumping = True
-        try:
-            for _ in range(CHUNKS_PER_TURN):
-                if self._paused or self._done:
-                    return
-                try:
-                    chunk = os.read(self.fd, CHUNK)
-                except OSError as e:
-                    self._fail("%s: %s" % (self.path, e.strerror or e))
-                    return
-                if chunk:
-                    self.digest.update(chunk)
-                    self.transport.write(chunk)
-                if not chunk or self.digest.size > self.size:
-                    self._finish()
-                    return
-        finally:
-            self._pumping = False
-        self._schedule()
+    def _send(self, chunk):
+        self.digest.update(chunk)
+        self.transport.write(chunk)
 
     def _finish(self):
         self._done = True
@@ -375,40 +346,18 @@ class FileGetProtocol(Protocol):
             path=self.path, size=self.digest.size, sha256=self.digest.hexdigest(), changed=changed,
         )
 
-    def _fail(self, message):
+    def _readFailed(self, e):
+        message = "%s: %s" % (self.path, e.strerror or e)
         self._done = True
         self._close()
         self.log.info("file-get {path}: failed: {why}", path=self.path, why=message)
         self.transport.abort(FILE_ERROR, message)
 
     def _close(self):
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self.source.stopProducing()
         fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
-
-    # -- IPushProducer (the stream pauses us while it is full) ----------------
-
-    def pauseProducing(self):
-        self._paused = True
-
-    def resumeProducing(self):
-        """
-        The stream has room again: send on at once (unless sending now).
-        """
-        self._paused = False
-        if self._done or self._pumping:
-            return
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._pump()
-
-    def stopProducing(self):
-        if not self._done:
-            self._done = True
-            self._close()
 
     def connectionLost(self, reason):
         if not self._done:

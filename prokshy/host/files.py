@@ -32,8 +32,8 @@ from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from prokshy.files.rules import CHECKSUM_MISMATCH
+from prokshy.files.source import FileSource
 from prokshy.files.wire import (
-    CHUNK,
     Digest,
     HeaderError,
     HeaderReader,
@@ -46,8 +46,6 @@ from prokshy.wire import frames
 
 #: The code of a pull whose file changed size while the guest read it.
 FILE_CHANGED = "file-changed"
-#: Chunks a push reads from a regular file per reactor turn at most.
-CHUNKS_PER_TURN = 16
 
 
 class FileFailed(Exception):
@@ -151,74 +149,6 @@ class Transfer:
 
 
 @implementer(IPushProducer)
-class FileSource:
-    """
-    Reads a regular file's descriptor, L{CHUNK} bytes at a time and at
-    most L{CHUNKS_PER_TURN} chunks per reactor turn, while not paused, into
-    C{write}; calls C{onEnd} at its end (or C{onError(OSError)}).
-    """
-
-    def __init__(self, clock, fd, write, onEnd, onError):
-        self.clock = clock
-        self.fd = fd
-        self.write = write
-        self.onEnd = onEnd
-        self.onError = onError
-        self._paused = False
-        self._done = False
-        self._pumping = False
-        self._call = None
-
-    def start(self):
-        self.resumeProducing()
-
-    def _pump(self):
-        self._call = None
-        self._pumping = True
-        try:
-            for _ in range(CHUNKS_PER_TURN):
-                if self._paused or self._done:
-                    return
-                try:
-                    data = os.read(self.fd, CHUNK)
-                except OSError as e:
-                    self._done = True
-                    self.onError(e)
-                    return
-                if not data:
-                    self._done = True
-                    self.onEnd()
-                    return
-                self.write(data)
-        finally:
-            self._pumping = False
-        # More next turn: the reactor runs in between.
-        if not self._paused and not self._done and self._call is None:
-            self._call = self.clock.callLater(0, self._pump)
-
-    def pauseProducing(self):
-        self._paused = True
-
-    def resumeProducing(self):
-        """
-        Read on at once (the stream has room now), unless already reading.
-        """
-        if self._done:
-            return
-        self._paused = False
-        if self._pumping:
-            return
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._pump()
-
-    def stopProducing(self):
-        self._done = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-
 def _source(reactor, fd, write, onEnd, onError):
     """
     The producer reading C{fd}, a regular file: L{FileSource}.

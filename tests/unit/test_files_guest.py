@@ -275,7 +275,7 @@ class GetTests(Dirs, TestCase):
         with open(self.target, "wb") as f:
             f.write(data)
         stream, proto = self.get()
-        self.assertIs(stream.producer, proto)
+        self.assertIs(stream.producer, proto.source)
         self.assertEqual(len(stream.data), 1)  # the header line
         header = wire.HeaderReader()
         self.assertEqual(header.feed(stream.data[0]), b"")
@@ -284,11 +284,11 @@ class GetTests(Dirs, TestCase):
         self.assertEqual(len(stream.data), 1 + guestfiles.CHUNKS_PER_TURN)
         self.assertTrue(all(len(d) == wire.CHUNK for d in stream.data[1:]))
         self.assertEqual(len(self.clock.calls), 1)  # the next turn
-        proto.pauseProducing()
+        stream.producer.pauseProducing()
         self.clock.advance(1)
         self.assertEqual(len(stream.data), 1 + guestfiles.CHUNKS_PER_TURN)
         self.assertEqual(self.clock.calls, [])
-        proto.resumeProducing()
+        stream.producer.resumeProducing()
         self.clock.advance(0)
         self.assertEqual(b"".join(stream.data[1:]), data)
         self.assertTrue(stream.eof and stream.closed)
