@@ -422,9 +422,11 @@ def fetchArgv(url):
 
 def forwardRow(demo, out):
     """
-    The demo's forward in C{prokshy --forwards --json} output, or None.
+    The demo's forward in C{prokshy --forwards --json} output (one record
+    of mode C{forwards}, docs/cli.md), or None.
     """
-    rows = [json.loads(line) for line in out.decode("utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in out.decode("utf-8").splitlines() if line.strip()]
+    rows = [row for record in records if record.get("mode") == "forwards" for row in record.get("forwards") or ()]
     mine = [row for row in rows if row.get("id") == demo.forwardId]
     return mine[0] if len(mine) == 1 else None
 

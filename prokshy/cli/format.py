@@ -289,6 +289,10 @@ def resultStatus(command, result, reserved=False):
     return status, notes
 
 
+#: The failed VMs a summary line names at most (then "and N more").
+SUMMARY_VMS = 8
+
+
 def combine(results, reserved=False):
     """
     The exit status of a run on several VMs (docs/cli.md, "Several VMs"),
@@ -313,10 +317,11 @@ def combine(results, reserved=False):
     failed = [(vm, failure) for vm, code, failure in results if failure is not None]
     summary = None
     if len(results) > 1 and failed:
-        summary = "%d of %d VMs failed: %s" % (
-            len(failed), len(results),
-            ", ".join("vm %s: %s" % ("default" if vm is None else vm, failure) for vm, failure in failed),
-        )
+        named = ["vm %s: %s" % ("default" if vm is None else vm, failure) for vm, failure in failed]
+        if len(named) > SUMMARY_VMS:
+            # One line stays one line: each VM's own message said the rest.
+            named = named[:SUMMARY_VMS] + ["and %d more" % (len(named) - SUMMARY_VMS,)]
+        summary = "%d of %d VMs failed: %s" % (len(failed), len(results), ", ".join(named))
         if reserved:
             causes = set(causeOf(failure) for vm, failure in failed)
             if len(failed) < len(results) or len(causes) > 1:

@@ -460,4 +460,8 @@ class ManyVMsTests(TestCase):
         )
         lines = err.decode().splitlines()
         self.assertEqual(code, 255, err)
+        # Each VM's own line, then one summary line naming the first few.
+        *lines, summary = lines
         self.assertEqual(sorted({line.split(": ")[1] for line in lines}), sorted("vm " + n for n in names))
+        self.assertRegex(summary, r"^prokshy: %d of %d VMs failed: vm %s: vm-unavailable, .*, and %d more$"
+                         % (len(names), len(names), names[0], len(names) - 8))

@@ -300,7 +300,9 @@ class TourTests(_ShortTemp, TestCase):
         hostPort = int(re.search(r"http://127\.0\.0\.1:(\d+)/$", fetch[0]).group(1))
         self.assertRegex(fetch[1], r"^<!doctype html>\n<title>prokshy demo</title>\n"
                                    r"<p>Hello from the web VM, through a prokshy forward\. Token: [0-9a-f]{16}</p>\n$")
-        (row,) = [json.loads(line) for line in rows[1].splitlines()]
+        (record,) = [json.loads(line) for line in rows[1].splitlines()]
+        self.assertEqual((record["mode"], record["ok"], record["failure"]), ("forwards", True, None))
+        (row,) = record["forwards"]
         self.assertEqual(
             (row["vm"], row["direction"], row["listen"], row["state"], row["total_connections"]),
             ("web", "forward", "127.0.0.1:%d" % (hostPort,), "active", 1),
