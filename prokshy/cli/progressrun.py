@@ -175,6 +175,24 @@ class _Upload:
             self._after.held = False
 
 
+def _wrapped(state, stdout, stderr, outFD, errFD):
+    """
+    The CLI's outputs while a line may show: stderr erases the line before
+    every other write, and so does stdout when it is the same terminal (the
+    line is then drawn only in a turn in which stdout wrote nothing and is
+    not backed up).
+
+    @return: C{(stdout, stderr)}.
+    """
+    stderr = ProgressOutput(stderr, state)
+    if sameTerminal(outFD, errFD):
+        inner = stdout
+        stdout = ProgressOutput(inner, state, stdout=True)
+        if isinstance(inner, OutputPort):
+            state.busy = lambda: inner.paused
+    return stdout, stderr
+
+
 class ExecProgress:
     """
     The progress lines of one exec run (one VM or several), and the rule of
@@ -224,11 +242,7 @@ class ExecProgress:
         if not (self.uploadWanted or self.outputWanted):
             # No line: the outputs as they are, nothing on their path.
             return
-        self.stderr = ProgressOutput(stderr, self.state)
-        if sameTerminal(outFD, errFD):
-            self.stdout = ProgressOutput(stdout, self.state, stdout=True)
-            if isinstance(stdout, OutputPort):
-                self.state.busy = lambda: stdout.paused
+        self.stdout, self.stderr = _wrapped(self.state, stdout, stderr, outFD, errFD)
         if self.outputWanted:
             self.output = self._line("output", None, self.outputThreshold)
             self.output.held = self.uploadWanted
@@ -318,11 +332,7 @@ class FileProgress:
         self._totals = []
         if not self.wanted:
             return
-        self.stderr = ProgressOutput(stderr, self.state)
-        if sameTerminal(outFD, errFD):
-            self.stdout = ProgressOutput(stdout, self.state, stdout=True)
-            if isinstance(stdout, OutputPort):
-                self.state.busy = lambda: stdout.paused
+        self.stdout, self.stderr = _wrapped(self.state, stdout, stderr, outFD, errFD)
 
     def add(self, total=None):
         """

@@ -45,6 +45,7 @@ import os
 import posixpath
 import stat
 
+from prokshy._coded import CodedError
 from prokshy.files.wire import tempName
 
 FILE_KINDS = ("file-put", "file-get")
@@ -68,21 +69,13 @@ _LINK_ERRNOS = (errno.ELOOP, errno.EMLINK, errno.ENOTDIR)
 _TEMP_ATTEMPTS = 8
 
 
-class FileRefused(Exception):
+class FileRefused(CodedError):
     """
     A file stream refused (before ACCEPT: REFUSE) or failed (after: RESET).
 
     @ivar code: one of the codes of the module docstring.
     @ivar message: one line naming the path and the reason.
     """
-
-    def __init__(self, code, message):
-        Exception.__init__(self, code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self):
-        return "%s: %s" % (self.code, self.message)
 
 
 def _kind(mode):

@@ -31,6 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from prokshy._coded import CodedError
 from prokshy._loglimit import LogLimiter
 from prokshy.forward.allow import DEFAULT_CONNECT, DEFAULT_LISTEN, parsePatterns, resolvedPath
 from prokshy.forward.bridge import CONNECT_TIMEOUT, Splice, connectSplice, describeAddress
@@ -47,18 +48,10 @@ DIRECTIONS = ("forward", "reverse")
 NOT_SUPPORTED = "not supported by the guest"
 
 
-class ForwardError(Exception):
+class ForwardError(CodedError):
     """
     A forward could not be added or found.
     """
-
-    def __init__(self, code, message):
-        Exception.__init__(self, code, message)
-        self.code = code
-        self.message = message
-
-    def __str__(self):
-        return "%s: %s" % (self.code, self.message)
 
 
 def _agent(mux):

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from prokshy._coded import CodedError
 from prokshy.files.rules import CHECKSUM_MISMATCH
 from prokshy.files.source import FileSource
 from prokshy.files.wire import (
@@ -48,7 +49,7 @@ from prokshy.wire import frames
 FILE_CHANGED = "file-changed"
 
 
-class FileFailed(Exception):
+class FileFailed(CodedError):
     """
     A transfer the host found wrong (the guest's own failures come as
     L{prokshy.streams.stream.StreamReset} with its code).
@@ -57,11 +58,6 @@ class FileFailed(Exception):
         C{transport} or C{local-file}.
     @ivar message: one line.
     """
-
-    def __init__(self, code, message):
-        Exception.__init__(self, code, message)
-        self.code = code
-        self.message = message
 
     def __str__(self):
         return self.message

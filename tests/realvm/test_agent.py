@@ -135,9 +135,9 @@ def closeSession(proto, lost):
     return lost
 
 
-class RealVMAgentTests(unittest.TestCase):
+class _OnTheSharedVM(unittest.TestCase):
     """
-    The guest agent in a real VM, from the host, straight on the VM's socket.
+    A test on the module's VM, with a host temporary directory of its own.
     """
 
     skip = SKIP
@@ -147,6 +147,12 @@ class RealVMAgentTests(unittest.TestCase):
         self.vm = sharedVM()
         self.tmp = tempfile.mkdtemp(prefix="prokshy-vmtest-host-")
         self.addCleanup(lambda: subprocess.run(["rm", "-rf", self.tmp]))
+
+
+class RealVMAgentTests(_OnTheSharedVM):
+    """
+    The guest agent in a real VM, from the host, straight on the VM's socket.
+    """
 
     def test_lineProtocol(self):
         """
@@ -394,21 +400,13 @@ def underPTY(args, rows, cols, script, timeout=120):
     return code, shown, before, after
 
 
-class RealVMFeatureTests(unittest.TestCase):
+class RealVMFeatureTests(_OnTheSharedVM):
     """
     What the simulator cannot tell: files pushed to and pulled from a real
     Linux guest's file system (the agent's --allow-files /srv/files), a
     command's argv, and a command on a real guest pty driven from a local
     pty.
     """
-
-    skip = SKIP
-    timeout = 900
-
-    def setUp(self):
-        self.vm = sharedVM()
-        self.tmp = tempfile.mkdtemp(prefix="prokshy-vmtest-host-")
-        self.addCleanup(lambda: subprocess.run(["rm", "-rf", self.tmp]))
 
     def test_pushPull(self):
         """
