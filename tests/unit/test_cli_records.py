@@ -14,11 +14,11 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import prokshy
 from prokshy.cli import format as fmt
 from prokshy.cli import main as climain
 from prokshy.cli import records
 from prokshy.cli.options import buildParser, parseArgs
-from tests.harness import PACKAGE_ROOT
 
 
 def _written(r, stdout=b"", stderr=b""):
@@ -246,7 +246,7 @@ class DocumentedTableTests(SynchronousTestCase):
     """
 
     def texts(self):
-        path = os.path.join(PACKAGE_ROOT, "docs", "cli.md")
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prokshy.__file__))), "docs", "cli.md")
         if not os.path.exists(path):
             self.skipTest("docs/cli.md is not in this tree")
         with open(path) as f:
