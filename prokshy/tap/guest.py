@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from prokshy.guest.record import defaultRunDir
 from prokshy.guest.runner import LINE_MAX_OUTPUT, LINE_TIMEOUT
+from prokshy.tap._help import plainOptionHelp
 
 DEFAULT_DEVICES = ("/dev/vtcon/prokshy", "/dev/virtio-ports/prokshy")
 DEFAULT_COMMAND_DIR = "/usr/local/etc/prokshy/command.d"
@@ -88,6 +89,7 @@ def _positive(kind, allowZero=False):
     return convert
 
 
+@plainOptionHelp
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (

@@ -30,9 +30,12 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from prokshy.tap._help import plainOptionHelp
+
 _VM_NAME = re.compile(r"[a-zA-Z0-9_.-]+\Z")
 
 
+@plainOptionHelp
 class Options(usage.Options):
     synopsis = "--listen ENDPOINT [...] (--vm NAME=SOCKET_PATH [...] | --socket-path PATH)"
     longdesc = (
