@@ -65,6 +65,8 @@ class FramedRun(Queries):
         self.hello = host.mux.info.peerHello if host.mux.info else {}
         self.running = []
         self.outputError = None
+        #: Ctrl-C or SIGTERM cancelled the run (L{interrupt}).
+        self.interrupted = False
         self.input = CommandInput(reactor, options, stdinFD)
         self.progress = None
         self.reserved = bool(getattr(options, "reserved_exit_codes", False))
@@ -232,6 +234,13 @@ class FramedRun(Queries):
                 return record
             if state["tooBig"]:
                 return self._fail(record, "too-big", self._tooBigMessage(prefix))
+            if self.interrupted:
+                # Its record still says so, with the output kept so far.
+                records.failed(record, self.status("interrupted"), "interrupted",
+                               prefixed(prefix, "interrupted: the remote command was cancelled"))
+                if self.json:
+                    self.emit(record, *(kept if kept is not None else ((), ())))
+                return record
             known = failureOf(Failure(e))
             if known is None:
                 raise
@@ -268,10 +277,16 @@ class FramedRun(Queries):
         @return: a Deferred firing once the connection is closed (at most
             a second later), so the RESETs and GOODBYE leave before exit.
         """
+        self.interrupted = True
         self._cancelAll()
         if self.host.link is not None:
             self.host.link.goodbye("client interrupted")
-        return channel.close(timeout=1.0)
+        # What was written (the cancelled commands' records) goes out too,
+        # within the same second: a reader that stopped reading holds no one.
+        flushed = self.stdout.close()
+        flushed.addTimeout(1.0, self.reactor)
+        flushed.addErrback(lambda _: self.stdout.abort())
+        return DeferredList([channel.close(timeout=1.0), flushed])
 
 
 __all__ = ["FramedRun"]

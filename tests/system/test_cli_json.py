@@ -218,3 +218,39 @@ class BoundedMemoryTests(TestCase):
         print("json cap: 64 MiB asked, peak RSS growth %.1f MiB" % (growth / MiB,))
         proto, code, growth = yield self.run_("--json", "--reserved-exit-codes")
         self.assertEqual(code, 215)
+
+
+class InterruptedTests(CLITestMixin, TestCase):
+    """
+    Ctrl-C under C{--json-stream} and C{--json}: the run still ends with
+    each running command's record, C{failure} C{interrupted}, with the
+    output that came before it; exit 130.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        self.h = yield HostHarness(self, daemon=False).start()
+        self.sock = self.h.vms["vm1"].socketPath
+
+    @inlineCallbacks
+    def test_interruptedRecord(self):
+        from tests.hostharness import waitFor
+        from tests.system.test_cli_framed import groupAlive, startCLI
+
+        proc = startCLI(self, ["--socket-path", self.sock, "--json-stream", "--command", "pidsleep",
+                               "--from-string", ""])
+        yield waitFor(lambda: b'"event": "stdout"' in proc.stdout, "the remote pid's event", 10)
+        first = json.loads(proc.stdout.split(b"\n")[0])
+        pid = int(base64.b64decode(first["data"]))
+        self.assertTrue(groupAlive(pid))
+        proc.transport.signalProcess("INT")
+        out, err, code = yield proc.ended
+        self.assertEqual(code, 130, err)
+        last = json.loads(out.splitlines()[-1])
+        self.assertEqual(set(last), set(records.KEYS) | {"command", "event"})
+        self.assertEqual((last["event"], last["mode"], last["ok"], last["failure"], last["status"]),
+                         ("result", "exec", False, "interrupted", 130))
+        self.assertIn("interrupted", last["error"])
+        yield waitFor(lambda: not groupAlive(pid), "the remote process group to die", 5)
