@@ -182,18 +182,8 @@ class FileRun(Reports):
     """
 
     def __init__(self, reactor, host, options, stdout, stderr, stdinFD=0):
-        self.reactor = reactor
-        self.host = host
-        self.session = host.session
-        self.options = options
-        self.stdout = stdout
-        self.stderr = stderr
+        Reports.__init__(self, reactor, host, options, stdout, stderr)
         self.stdinFD = stdinFD
-        self.hello = host.mux.info.peerHello if host.mux.info else {}
-        self.running = []
-        self.outputError = None
-        self.reserved = options.reserved_exit_codes
-        self.json = options.json
         stdout.whenLost(self._stdoutLost)
 
     def _stdoutLost(self, error):

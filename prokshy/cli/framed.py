@@ -56,22 +56,11 @@ class FramedRun(Queries):
     jsonLimit = records.JSON_OUTPUT_LIMIT
 
     def __init__(self, reactor, host, options, stdout, stderr, stdinFD=0):
-        self.reactor = reactor
-        self.host = host
-        self.session = host.session
-        self.options = options
-        self.stdout = stdout
-        self.stderr = stderr
-        self.hello = host.mux.info.peerHello if host.mux.info else {}
-        self.running = []
-        self.outputError = None
+        Queries.__init__(self, reactor, host, options, stdout, stderr)
         #: Ctrl-C or SIGTERM cancelled the run (L{interrupt}).
         self.interrupted = False
         self.input = CommandInput(reactor, options, stdinFD)
         self.progress = None
-        self.reserved = bool(getattr(options, "reserved_exit_codes", False))
-        self.streaming = bool(getattr(options, "json_stream", False))
-        self.json = bool(options.json) or self.streaming
         stdout.whenLost(self._stdoutLost)
 
     def _stdoutLost(self, error):

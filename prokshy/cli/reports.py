@@ -14,9 +14,26 @@ from prokshy.cli.format import EXIT_USAGE, CLIError, combine, exitStatus, messag
 
 class Reports:
     """
-    A framed run's targets and records; the run supplies C{options},
-    C{session}, C{hello}, C{stdout}, C{stderr}, C{reserved} and C{json}.
+    A framed run's targets and records.
+
+    @param host: the L{prokshy.host.client.HostProtocol} whose session is up.
+    @param stdout: the output for records and the commands' stdout (an
+        L{prokshy.cli.output.IOutput}); C{stderr}: for messages.
     """
+
+    def __init__(self, reactor, host, options, stdout, stderr):
+        self.reactor = reactor
+        self.host = host
+        self.session = host.session
+        self.options = options
+        self.stdout = stdout
+        self.stderr = stderr
+        self.hello = host.mux.info.peerHello if host.mux.info else {}
+        self.running = []
+        self.outputError = None
+        self.reserved = bool(getattr(options, "reserved_exit_codes", False))
+        self.streaming = bool(getattr(options, "json_stream", False))
+        self.json = bool(options.json) or self.streaming
 
     @property
     def isDaemon(self):
